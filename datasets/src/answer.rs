@@ -39,10 +39,16 @@ pub fn first_number(s: &str) -> Option<f64> {
     while i < bytes.len() {
         let c = bytes[i];
         let starts = c.is_ascii_digit()
-            || (c == b'-' && bytes.get(i + 1).is_some_and(|d| d.is_ascii_digit()) && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric()));
+            || (c == b'-'
+                && bytes.get(i + 1).is_some_and(|d| d.is_ascii_digit())
+                && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric()));
         if starts {
             let mut j = i + 1;
-            while j < bytes.len() && (bytes[j].is_ascii_digit() || bytes[j] == b',' || (bytes[j] == b'.' && bytes.get(j + 1).is_some_and(|d| d.is_ascii_digit()))) {
+            while j < bytes.len()
+                && (bytes[j].is_ascii_digit()
+                    || bytes[j] == b','
+                    || (bytes[j] == b'.' && bytes.get(j + 1).is_some_and(|d| d.is_ascii_digit())))
+            {
                 j += 1;
             }
             return s[i..j].replace(',', "").parse().ok();
@@ -91,7 +97,10 @@ pub fn choice_of(pred: &str, choices: Option<&[String]>) -> Option<String> {
         }
     }
     let want = normalise_text(pred);
-    choices?.iter().position(|c| normalise_text(c) == want).map(choice_letter)
+    choices?
+        .iter()
+        .position(|c| normalise_text(c) == want)
+        .map(choice_letter)
 }
 
 /// Whether a predicted answer matches the gold label under the task's rule.
@@ -117,7 +126,10 @@ mod tests {
     #[test]
     fn extracts_the_last_stated_answer() {
         assert_eq!(extract_answer("5 + 3 = 8. So the answer is 8.").as_deref(), Some("8"));
-        assert_eq!(extract_answer("The answer is 3. Wait, the answer is 12.5.").as_deref(), Some("12.5"));
+        assert_eq!(
+            extract_answer("The answer is 3. Wait, the answer is 12.5.").as_deref(),
+            Some("12.5")
+        );
         assert_eq!(extract_answer("steps\n#### 1,234").as_deref(), Some("1,234"));
         assert_eq!(extract_answer("So the answer is **(B)**").as_deref(), Some("(B)"));
         assert_eq!(extract_answer("no conclusion here"), None);

@@ -261,19 +261,34 @@ fn problem(rng: &mut ChaCha8Rng, fam: &'static Family, min_steps: usize, max_ste
 }
 
 /// Generates `n` problems from the named families, round-robin, reproducibly from `seed`.
-pub fn generate_problems(seed: u64, n: usize, families: &[&str], min_steps: usize, max_steps: usize) -> Vec<ArithProblem> {
+pub fn generate_problems(
+    seed: u64,
+    n: usize,
+    families: &[&str],
+    min_steps: usize,
+    max_steps: usize,
+) -> Vec<ArithProblem> {
     let fams: Vec<&'static Family> = FAMILIES.iter().filter(|f| families.contains(&f.name)).collect();
     assert!(!fams.is_empty(), "no known family among {families:?}");
     assert!(min_steps >= 1 && min_steps <= max_steps);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..n).map(|i| problem(&mut rng, fams[i % fams.len()], min_steps, max_steps)).collect()
+    (0..n)
+        .map(|i| problem(&mut rng, fams[i % fams.len()], min_steps, max_steps))
+        .collect()
 }
 
 impl ArithProblem {
     pub fn to_example(&self, split: Option<Split>) -> Example {
         let source = format!("{TASK}:{}", self.family);
-        let mut ex = Example::new(TASK, &source, self.question.clone(), None, self.answer.to_string(), LabelKind::Number)
-            .with_rationale(Some(self.solution.clone()));
+        let mut ex = Example::new(
+            TASK,
+            &source,
+            self.question.clone(),
+            None,
+            self.answer.to_string(),
+            LabelKind::Number,
+        )
+        .with_rationale(Some(self.solution.clone()));
         ex.split = split;
         ex
     }
@@ -282,12 +297,21 @@ impl ArithProblem {
 /// The built-in dataset: in-distribution families (split unassigned) and the
 /// held-out family (split `test_ood`). Duplicate questions are dropped.
 pub fn generate(spec: &ArithSpec) -> Vec<Example> {
-    let in_fams: Vec<&str> = FAMILIES.iter().map(|f| f.name).filter(|n| *n != HELD_OUT_FAMILY).collect();
+    let in_fams: Vec<&str> = FAMILIES
+        .iter()
+        .map(|f| f.name)
+        .filter(|n| *n != HELD_OUT_FAMILY)
+        .collect();
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(spec.in_distribution + spec.out_of_distribution);
     let parts = [
         (spec.seed, spec.in_distribution, in_fams, None),
-        (spec.seed ^ 0x00d0_0d00, spec.out_of_distribution, vec![HELD_OUT_FAMILY], Some(Split::TestOod)),
+        (
+            spec.seed ^ 0x00d0_0d00,
+            spec.out_of_distribution,
+            vec![HELD_OUT_FAMILY],
+            Some(Split::TestOod),
+        ),
     ];
     for (seed, n, fams, split) in parts {
         if n == 0 {
@@ -297,7 +321,13 @@ pub fn generate(spec: &ArithSpec) -> Vec<Example> {
         let mut round = 0u64;
         let mut kept = 0;
         while kept < n {
-            let batch = generate_problems(seed.wrapping_add(round), (n - kept) + 8, &fams, spec.min_steps, spec.max_steps);
+            let batch = generate_problems(
+                seed.wrapping_add(round),
+                (n - kept) + 8,
+                &fams,
+                spec.min_steps,
+                spec.max_steps,
+            );
             for p in batch {
                 if kept < n && seen.insert(p.question.clone()) {
                     out.push(p.to_example(split));
@@ -330,7 +360,8 @@ impl Equation {
     }
 
     pub fn is_correct(&self) -> bool {
-        self.value().is_some_and(|v| (v - self.stated).abs() <= 1e-6 * v.abs().max(1.0))
+        self.value()
+            .is_some_and(|v| (v - self.stated).abs() <= 1e-6 * v.abs().max(1.0))
     }
 }
 
@@ -378,10 +409,23 @@ pub fn check_solution(text: &str) -> Result<f64, String> {
     }
     for (i, e) in eqs.iter().enumerate() {
         if !e.is_correct() {
-            return Err(format!("step {}: {} {} {} = {} is wrong", i + 1, e.lhs, e.op.symbol(), e.rhs, e.stated));
+            return Err(format!(
+                "step {}: {} {} {} = {} is wrong",
+                i + 1,
+                e.lhs,
+                e.op.symbol(),
+                e.rhs,
+                e.stated
+            ));
         }
         if i > 0 && (eqs[i - 1].stated - e.lhs).abs() > 1e-9 {
-            return Err(format!("step {} starts from {} but step {} gave {}", i + 1, e.lhs, i, eqs[i - 1].stated));
+            return Err(format!(
+                "step {} starts from {} but step {} gave {}",
+                i + 1,
+                e.lhs,
+                i,
+                eqs[i - 1].stated
+            ));
         }
     }
     let last = eqs.last().map(|e| e.stated).unwrap_or_default();
@@ -389,7 +433,9 @@ pub fn check_solution(text: &str) -> Result<f64, String> {
         .and_then(|a| parse_number(&a))
         .ok_or_else(|| "no final answer stated".to_string())?;
     if (stated - last).abs() > 1e-9 {
-        return Err(format!("the stated answer {stated} differs from the last result {last}"));
+        return Err(format!(
+            "the stated answer {stated} differs from the last result {last}"
+        ));
     }
     Ok(stated)
 }

@@ -13,11 +13,7 @@ pub enum DataError {
     /// A record that cannot be turned into an example. `row` counts from 1
     /// (the line of a JSONL file, the data row of a CSV file).
     #[error("{path}, row {row}: {message}")]
-    Record {
-        path: PathBuf,
-        row: usize,
-        message: String,
-    },
+    Record { path: PathBuf, row: usize, message: String },
     #[error("{path}: not a valid file of this kind: {message}")]
     Format { path: PathBuf, message: String },
     #[error("{path}: parquet: {source}")]

@@ -16,7 +16,11 @@ fn schema() -> SchemaRef {
         s("id", false),
         s("task", false),
         s("input", false),
-        Field::new("choices", DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))), true),
+        Field::new(
+            "choices",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            true,
+        ),
         s("label", false),
         s("label_kind", false),
         s("split", true),
@@ -42,7 +46,9 @@ pub fn write_examples(path: &Path, examples: &[Example]) -> Result<()> {
             None => choices.append(false),
         }
     }
-    let col = |f: &dyn Fn(&Example) -> Option<&str>| -> ArrayRef { Arc::new(examples.iter().map(f).collect::<StringArray>()) };
+    let col = |f: &dyn Fn(&Example) -> Option<&str>| -> ArrayRef {
+        Arc::new(examples.iter().map(f).collect::<StringArray>())
+    };
     let columns = vec![
         col(&|e| Some(&e.id)),
         col(&|e| Some(&e.task)),
@@ -60,7 +66,8 @@ pub fn write_examples(path: &Path, examples: &[Example]) -> Result<()> {
     }
     let tmp = path.with_extension("parquet.tmp");
     let file = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-    let mut w = ArrowWriter::try_new(file, schema(), Some(crate::shard::writer_properties_plain())).map_err(|e| DataError::parquet(&tmp, e))?;
+    let mut w = ArrowWriter::try_new(file, schema(), Some(crate::shard::writer_properties_plain()))
+        .map_err(|e| DataError::parquet(&tmp, e))?;
     w.write(&batch).map_err(|e| DataError::parquet(&tmp, e))?;
     let file = w.into_inner().map_err(|e| DataError::parquet(&tmp, e))?;
     file.sync_all().map_err(|e| DataError::io(&tmp, e))?;
@@ -80,10 +87,20 @@ pub fn read_examples(path: &Path) -> Result<Vec<Example>> {
         let s = |n: &str| -> Result<&StringArray> {
             b.column_by_name(n)
                 .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                .ok_or_else(|| DataError::format(path, format!("column {n:?} missing or not text: not an examples file")))
+                .ok_or_else(|| {
+                    DataError::format(path, format!("column {n:?} missing or not text: not an examples file"))
+                })
         };
-        let (id, task, input, label, kind, split, source, rat) =
-            (s("id")?, s("task")?, s("input")?, s("label")?, s("label_kind")?, s("split")?, s("source")?, s("reference_rationale")?);
+        let (id, task, input, label, kind, split, source, rat) = (
+            s("id")?,
+            s("task")?,
+            s("input")?,
+            s("label")?,
+            s("label_kind")?,
+            s("split")?,
+            s("source")?,
+            s("reference_rationale")?,
+        );
         let choices = b
             .column_by_name("choices")
             .and_then(|c| c.as_any().downcast_ref::<ListArray>())
@@ -100,8 +117,20 @@ pub fn read_examples(path: &Path) -> Result<Vec<Example>> {
                     (0..v.len()).map(|j| v.value(j).to_string()).collect()
                 }),
                 label: label.value(i).to_string(),
-                label_kind: kind.value(i).parse::<LabelKind>().map_err(|e| DataError::record(path, row, e))?,
-                split: if split.is_valid(i) { Some(split.value(i).parse::<Split>().map_err(|e| DataError::record(path, row, e))?) } else { None },
+                label_kind: kind
+                    .value(i)
+                    .parse::<LabelKind>()
+                    .map_err(|e| DataError::record(path, row, e))?,
+                split: if split.is_valid(i) {
+                    Some(
+                        split
+                            .value(i)
+                            .parse::<Split>()
+                            .map_err(|e| DataError::record(path, row, e))?,
+                    )
+                } else {
+                    None
+                },
                 source: source.value(i).to_string(),
                 reference_rationale: rat.is_valid(i).then(|| rat.value(i).to_string()),
             });
@@ -131,5 +160,9 @@ pub fn write_splits(dir: &Path, examples: &[Example]) -> Result<Vec<(Split, usiz
 /// Reads one split from `dir`; a split with no file is empty.
 pub fn read_split(dir: &Path, split: Split) -> Result<Vec<Example>> {
     let path = split_path(dir, split);
-    if path.exists() { read_examples(&path) } else { Ok(vec![]) }
+    if path.exists() {
+        read_examples(&path)
+    } else {
+        Ok(vec![])
+    }
 }

@@ -2,8 +2,8 @@
 //! pyarrow, pandas, DuckDB, Polars and HF `datasets` read with no help.
 //!
 //! A [`ShardSet`] is a directory of `part-NNNNN.parquet` files, a
-//! `manifest.json` listing each with rows, bytes and sha256, and a
-//! `pending.jsonl` journal. Rows are journaled (and fsynced) when appended,
+//! `_manifest.json` listing each with rows, bytes and sha256, and a
+//! `_pending.jsonl` journal. Rows are journaled (and fsynced) when appended,
 //! then sealed into a shard written to a temporary name, fsynced and renamed:
 //! a reader never sees half a shard, and a killed writer loses nothing it
 //! acknowledged. On reopening, the journal is replayed and every row whose
@@ -17,8 +17,8 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
@@ -37,8 +37,8 @@ pub const SCHEMA_VERSION_KEY: &str = "stepwise.schema_version";
 /// Footer key marking the file as a rationale shard.
 pub const KIND_KEY: &str = "stepwise.kind";
 pub const KIND: &str = "rationale_shard";
-pub const MANIFEST_FILE: &str = "manifest.json";
-pub const JOURNAL_FILE: &str = "pending.jsonl";
+pub const MANIFEST_FILE: &str = "_manifest.json";
+pub const JOURNAL_FILE: &str = "_pending.jsonl";
 
 /// One teacher sample for one example.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,7 +95,11 @@ pub fn schema() -> SchemaRef {
             utf8("task", false),
             utf8("split", true),
             utf8("input", false),
-            Field::new("choices", DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))), true),
+            Field::new(
+                "choices",
+                DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+                true,
+            ),
             utf8("gold_label", true),
             utf8("teacher_label", true),
             utf8("rationale", false),
@@ -113,7 +117,11 @@ pub fn schema() -> SchemaRef {
             u32f("completion_tokens"),
             u32f("latency_ms"),
             utf8("finish_reason", false),
-            Field::new("created_at", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+            Field::new(
+                "created_at",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                false,
+            ),
             utf8("raw_completion", true),
             utf8("top_logprobs", true),
         ];
@@ -283,14 +291,22 @@ const BATCH_ROWS: usize = 65_536;
 /// Writes `rows` as one shard at `path`, atomically: a temporary file in the
 /// same directory, flushed and fsynced, then renamed over `path`.
 pub fn write_shard(path: &Path, rows: &[RationaleRow]) -> Result<ShardInfo> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| DataError::Invalid(format!("{}: not a file path", path.display())))?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| DataError::Invalid(format!("{}: not a file path", path.display())))?;
     let tmp = dir.join(format!(".{name}.tmp"));
     let result = (|| {
         let file = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-        let mut w = ArrowWriter::try_new(file, schema(), Some(writer_properties())).map_err(|e| DataError::parquet(&tmp, e))?;
+        let mut w =
+            ArrowWriter::try_new(file, schema(), Some(writer_properties())).map_err(|e| DataError::parquet(&tmp, e))?;
         for chunk in rows.chunks(BATCH_ROWS) {
-            w.write(&rows_to_batch(chunk)).map_err(|e| DataError::parquet(&tmp, e))?;
+            w.write(&rows_to_batch(chunk))
+                .map_err(|e| DataError::parquet(&tmp, e))?;
         }
         let file = w.into_inner().map_err(|e| DataError::parquet(&tmp, e))?;
         file.sync_all().map_err(|e| DataError::io(&tmp, e))?;
@@ -307,7 +323,9 @@ pub fn write_shard(path: &Path, rows: &[RationaleRow]) -> Result<ShardInfo> {
 fn sync_dir(dir: &Path) -> Result<()> {
     // Makes the rename itself durable; directories can be opened for fsync on Unix.
     #[cfg(unix)]
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| DataError::io(dir, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| DataError::io(dir, e))?;
     Ok(())
 }
 
@@ -340,18 +358,34 @@ fn shard_info(path: &Path, rows: usize) -> Result<ShardInfo> {
 /// Opens a shard and checks it is one: complete Parquet, our footer, our schema.
 fn open_checked(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| DataError::format(path, format!("not a complete Parquet file (truncated or corrupt?): {e}")))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+        DataError::format(
+            path,
+            format!("not a complete Parquet file (truncated or corrupt?): {e}"),
+        )
+    })?;
     let kv: BTreeMap<&str, &str> = builder
         .metadata()
         .file_metadata()
         .key_value_metadata()
-        .map(|kv| kv.iter().filter_map(|k| Some((k.key.as_str(), k.value.as_deref()?))).collect())
+        .map(|kv| {
+            kv.iter()
+                .filter_map(|k| Some((k.key.as_str(), k.value.as_deref()?)))
+                .collect()
+        })
         .unwrap_or_default();
     match kv.get(SCHEMA_VERSION_KEY) {
-        None => return Err(DataError::format(path, format!("not a stepwise rationale shard: no {SCHEMA_VERSION_KEY} in the footer"))),
+        None => {
+            return Err(DataError::format(
+                path,
+                format!("not a stepwise rationale shard: no {SCHEMA_VERSION_KEY} in the footer"),
+            ));
+        }
         Some(v) if *v != SCHEMA_VERSION.to_string() => {
-            return Err(DataError::format(path, format!("shard schema version {v}, this build reads version {SCHEMA_VERSION}")));
+            return Err(DataError::format(
+                path,
+                format!("shard schema version {v}, this build reads version {SCHEMA_VERSION}"),
+            ));
         }
         _ => {}
     }
@@ -361,7 +395,15 @@ fn open_checked(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
         match have.field_with_name(f.name()) {
             Err(_) => return Err(DataError::format(path, format!("column {:?} is missing", f.name()))),
             Ok(h) if !types_compatible(h.data_type(), f.data_type()) => {
-                return Err(DataError::format(path, format!("column {:?} has type {}, expected {}", f.name(), h.data_type(), f.data_type())));
+                return Err(DataError::format(
+                    path,
+                    format!(
+                        "column {:?} has type {}, expected {}",
+                        f.name(),
+                        h.data_type(),
+                        f.data_type()
+                    ),
+                ));
             }
             Ok(_) => {}
         }
@@ -382,8 +424,17 @@ pub fn read_shard(path: &Path) -> Result<Vec<RationaleRow>> {
     let reader = open_checked(path)?.build().map_err(|e| DataError::parquet(path, e))?;
     let mut rows = Vec::new();
     for batch in reader {
-        let batch = batch.map_err(|e| DataError::format(path, format!("unreadable data (truncated or corrupt?): {e}")))?;
-        for name in ["example_id", "task", "input", "rationale", "sample_index", "teacher_model", "created_at"] {
+        let batch =
+            batch.map_err(|e| DataError::format(path, format!("unreadable data (truncated or corrupt?): {e}")))?;
+        for name in [
+            "example_id",
+            "task",
+            "input",
+            "rationale",
+            "sample_index",
+            "teacher_model",
+            "created_at",
+        ] {
             if batch.column_by_name(name).is_some_and(|c| c.null_count() > 0) {
                 return Err(DataError::format(path, format!("column {name:?} has nulls")));
             }
@@ -397,10 +448,14 @@ pub fn read_shard(path: &Path) -> Result<Vec<RationaleRow>> {
 pub fn read_shard_keys(path: &Path) -> Result<Vec<(String, u32)>> {
     let builder = open_checked(path)?;
     let mask = ProjectionMask::columns(builder.parquet_schema(), ["example_id", "sample_index"]);
-    let reader = builder.with_projection(mask).build().map_err(|e| DataError::parquet(path, e))?;
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| DataError::parquet(path, e))?;
     let mut keys = Vec::new();
     for batch in reader {
-        let batch = batch.map_err(|e| DataError::format(path, format!("unreadable data (truncated or corrupt?): {e}")))?;
+        let batch =
+            batch.map_err(|e| DataError::format(path, format!("unreadable data (truncated or corrupt?): {e}")))?;
         let ids = col::<StringArray>(&batch, "example_id");
         let idx = col::<UInt32Array>(&batch, "sample_index");
         keys.extend((0..batch.num_rows()).map(|i| (ids.value(i).to_string(), idx.value(i))));
@@ -417,7 +472,7 @@ pub struct ShardInfo {
     pub sha256: String,
 }
 
-/// `manifest.json`: what a shard directory holds and what produced it.
+/// `_manifest.json`: what a shard directory holds and what produced it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub schema_version: u32,
@@ -454,7 +509,9 @@ impl Manifest {
         let tmp = dir.join(format!(".{MANIFEST_FILE}.tmp"));
         let text = serde_json::to_string_pretty(self).expect("manifest serialises");
         let mut f = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-        f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| DataError::io(&tmp, e))?;
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| DataError::io(&tmp, e))?;
         fs::rename(&tmp, &path).map_err(|e| DataError::io(&path, e))?;
         sync_dir(dir)
     }
@@ -534,11 +591,14 @@ impl ShardSet {
         for s in &manifest.shards {
             let path = dir.join(&s.file);
             if !path.exists() {
-                return Err(DataError::format(&path, "listed in manifest.json but missing"));
+                return Err(DataError::format(&path, "listed in _manifest.json but missing"));
             }
             let ks = read_shard_keys(&path)?;
             if ks.len() as u64 != s.rows {
-                return Err(DataError::format(&path, format!("holds {} rows but manifest.json says {}", ks.len(), s.rows)));
+                return Err(DataError::format(
+                    &path,
+                    format!("holds {} rows but _manifest.json says {}", ks.len(), s.rows),
+                ));
             }
             rec.sealed_rows += ks.len();
             keys.extend(ks);
@@ -578,7 +638,10 @@ impl ShardSet {
         }
         fs::rename(&tmp, &journal_path).map_err(|e| DataError::io(&journal_path, e))?;
         sync_dir(dir)?;
-        let journal = OpenOptions::new().append(true).open(&journal_path).map_err(|e| DataError::io(&journal_path, e))?;
+        let journal = OpenOptions::new()
+            .append(true)
+            .open(&journal_path)
+            .map_err(|e| DataError::io(&journal_path, e))?;
         if manifest.shards.is_empty() {
             manifest.store(dir)?;
         }
@@ -630,7 +693,10 @@ impl ShardSet {
             return Ok(0);
         }
         let jp = self.dir.join(JOURNAL_FILE);
-        self.journal.write_all(&buf).and_then(|_| self.journal.sync_data()).map_err(|e| DataError::io(&jp, e))?;
+        self.journal
+            .write_all(&buf)
+            .and_then(|_| self.journal.sync_data())
+            .map_err(|e| DataError::io(&jp, e))?;
         self.pending.extend(fresh);
         if self.pending.len() >= self.rows_per_shard {
             self.seal()?;
@@ -650,7 +716,10 @@ impl ShardSet {
         self.manifest.total_rows += info.rows;
         self.manifest.store(&self.dir)?;
         let jp = self.dir.join(JOURNAL_FILE);
-        self.journal.set_len(0).and_then(|_| self.journal.sync_all()).map_err(|e| DataError::io(&jp, e))?;
+        self.journal
+            .set_len(0)
+            .and_then(|_| self.journal.sync_all())
+            .map_err(|e| DataError::io(&jp, e))?;
         self.pending.clear();
         tracing::debug!(shard = %name, rows = info.rows, "sealed shard");
         Ok(Some(info))
@@ -669,7 +738,8 @@ impl ShardSet {
 
 /// Every row of every shard listed in `dir`'s manifest, in shard order.
 pub fn read_dir_rows(dir: &Path) -> Result<Vec<RationaleRow>> {
-    let m = Manifest::load(dir)?.ok_or_else(|| DataError::format(dir.join(MANIFEST_FILE), "missing: not a shard directory"))?;
+    let m = Manifest::load(dir)?
+        .ok_or_else(|| DataError::format(dir.join(MANIFEST_FILE), "missing: not a shard directory"))?;
     let mut rows = Vec::with_capacity(m.total_rows as usize);
     for s in &m.shards {
         rows.extend(read_shard(&dir.join(&s.file))?);
@@ -685,7 +755,8 @@ pub struct Problem(pub String);
 /// bytes, sha256 and rows, readable in the shard schema, no key twice, no
 /// unlisted part file. Returns the problems found (empty when valid).
 pub fn validate_dir(dir: &Path) -> Result<Vec<Problem>> {
-    let m = Manifest::load(dir)?.ok_or_else(|| DataError::format(dir.join(MANIFEST_FILE), "missing: not a shard directory"))?;
+    let m = Manifest::load(dir)?
+        .ok_or_else(|| DataError::format(dir.join(MANIFEST_FILE), "missing: not a shard directory"))?;
     let mut problems = Vec::new();
     let mut seen = HashSet::new();
     let mut total = 0;
@@ -698,10 +769,20 @@ pub fn validate_dir(dir: &Path) -> Result<Vec<Problem>> {
             }
             Ok((sha, bytes)) => {
                 if bytes != s.bytes {
-                    problems.push(Problem(format!("{}: {} bytes, manifest says {}", path.display(), bytes, s.bytes)));
+                    problems.push(Problem(format!(
+                        "{}: {} bytes, manifest says {}",
+                        path.display(),
+                        bytes,
+                        s.bytes
+                    )));
                 }
                 if sha != s.sha256 {
-                    problems.push(Problem(format!("{}: sha256 {} differs from the manifest's {}", path.display(), sha, s.sha256)));
+                    problems.push(Problem(format!(
+                        "{}: sha256 {} differs from the manifest's {}",
+                        path.display(),
+                        sha,
+                        s.sha256
+                    )));
                 }
             }
         }
@@ -709,7 +790,12 @@ pub fn validate_dir(dir: &Path) -> Result<Vec<Problem>> {
             Err(e) => problems.push(Problem(e.to_string())),
             Ok(rows) => {
                 if rows.len() as u64 != s.rows {
-                    problems.push(Problem(format!("{}: {} rows, manifest says {}", path.display(), rows.len(), s.rows)));
+                    problems.push(Problem(format!(
+                        "{}: {} rows, manifest says {}",
+                        path.display(),
+                        rows.len(),
+                        s.rows
+                    )));
                 }
                 total += rows.len() as u64;
                 for r in rows {
@@ -726,13 +812,23 @@ pub fn validate_dir(dir: &Path) -> Result<Vec<Problem>> {
         }
     }
     if total != m.total_rows {
-        problems.push(Problem(format!("manifest total_rows {} but the shards hold {}", m.total_rows, total)));
+        problems.push(Problem(format!(
+            "manifest total_rows {} but the shards hold {}",
+            m.total_rows, total
+        )));
     }
     let listed: HashSet<&str> = m.shards.iter().map(|s| s.file.as_str()).collect();
     for e in fs::read_dir(dir).map_err(|e| DataError::io(dir, e))? {
-        let name = e.map_err(|e| DataError::io(dir, e))?.file_name().to_string_lossy().into_owned();
+        let name = e
+            .map_err(|e| DataError::io(dir, e))?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         if part_index(&name).is_some() && !listed.contains(name.as_str()) {
-            problems.push(Problem(format!("{}: not listed in manifest.json", dir.join(&name).display())));
+            problems.push(Problem(format!(
+                "{}: not listed in _manifest.json",
+                dir.join(&name).display()
+            )));
         }
     }
     Ok(problems)

@@ -1,9 +1,11 @@
 //! Rationale shards: round trip, atomic sealing, crash recovery, and clear errors.
 
-use stepwise_datasets::shard::{self, JOURNAL_FILE, MANIFEST_FILE, RationaleRow, ShardSet, read_dir_rows, read_shard, validate_dir, write_shard};
 use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
+use stepwise_datasets::shard::{
+    self, JOURNAL_FILE, MANIFEST_FILE, RationaleRow, ShardSet, read_dir_rows, read_shard, validate_dir, write_shard,
+};
 
 fn row(i: usize, sample: u32) -> RationaleRow {
     RationaleRow {
@@ -52,7 +54,10 @@ fn a_shard_round_trips_every_field() {
     assert_eq!(info.rows, 200);
     assert_eq!(info.bytes, fs::metadata(&p).unwrap().len());
     assert_eq!(read_shard(&p).unwrap(), want);
-    let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
 }
 
@@ -102,7 +107,10 @@ fn a_row_torn_by_a_kill_mid_append_is_dropped_cleanly() {
         set.append(rows(0..5)).unwrap();
     }
     let line = serde_json::to_string(&row(5, 0)).unwrap();
-    let mut f = fs::OpenOptions::new().append(true).open(dir.path().join(JOURNAL_FILE)).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join(JOURNAL_FILE))
+        .unwrap();
     std::io::Write::write_all(&mut f, &line.as_bytes()[..line.len() / 2]).unwrap();
     drop(f);
     let (set, rec) = ShardSet::open(dir.path(), "cfg", 100).unwrap();
@@ -150,7 +158,10 @@ fn resume_after_a_kill_between_shards_adopts_the_shard_and_skips_journal_duplica
 struct Lcg(u64);
 impl Lcg {
     fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % n
     }
 }
@@ -163,7 +174,10 @@ fn twenty_kills_at_random_points_end_with_every_row_exactly_once() {
     for _ in 0..20 {
         let (mut set, _) = ShardSet::open(dir.path(), "cfg", 25).unwrap();
         // Each run resumes: it offers only the examples not written yet, in its own batches.
-        let todo: Vec<&RationaleRow> = all.iter().filter(|r| !set.contains(&r.example_id, r.sample_index)).collect();
+        let todo: Vec<&RationaleRow> = all
+            .iter()
+            .filter(|r| !set.contains(&r.example_id, r.sample_index))
+            .collect();
         let stop_after = rng.below(120) as usize;
         for chunk in todo.chunks(2).take(stop_after) {
             set.append(chunk.iter().map(|r| (*r).clone()).collect()).unwrap();
@@ -171,8 +185,15 @@ fn twenty_kills_at_random_points_end_with_every_row_exactly_once() {
         if rng.below(3) == 0 {
             // Killed in the middle of writing a journal line.
             let line = serde_json::to_string(&row(999, 0)).unwrap();
-            let mut f = fs::OpenOptions::new().append(true).open(dir.path().join(JOURNAL_FILE)).unwrap();
-            std::io::Write::write_all(&mut f, &line.as_bytes()[..rng.below(line.len() as u64 - 1) as usize + 1]).unwrap();
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .open(dir.path().join(JOURNAL_FILE))
+                .unwrap();
+            std::io::Write::write_all(
+                &mut f,
+                &line.as_bytes()[..rng.below(line.len() as u64 - 1) as usize + 1],
+            )
+            .unwrap();
         }
     }
     let (mut set, _) = ShardSet::open(dir.path(), "cfg", 25).unwrap();
@@ -202,7 +223,11 @@ fn a_truncated_shard_is_rejected_naming_the_file() {
     assert!(problems.iter().any(|p| p.0.contains("sha256")), "{problems:?}");
 }
 
-fn write_parquet(path: &Path, batch: &arrow::array::RecordBatch, props: Option<parquet::file::properties::WriterProperties>) {
+fn write_parquet(
+    path: &Path,
+    batch: &arrow::array::RecordBatch,
+    props: Option<parquet::file::properties::WriterProperties>,
+) {
     let mut w = parquet::arrow::ArrowWriter::try_new(fs::File::create(path).unwrap(), batch.schema(), props).unwrap();
     w.write(batch).unwrap();
     w.close().unwrap();
@@ -218,7 +243,10 @@ fn a_foreign_or_wrong_schema_file_is_rejected_with_what_is_wrong() {
     let b = RecordBatch::try_from_iter(vec![("question", Arc::new(StringArray::from(vec!["q"])) as _)]).unwrap();
     write_parquet(&foreign, &b, None);
     let msg = read_shard(&foreign).unwrap_err().to_string();
-    assert!(msg.contains("foreign.parquet") && msg.contains("not a stepwise rationale shard"), "{msg}");
+    assert!(
+        msg.contains("foreign.parquet") && msg.contains("not a stepwise rationale shard"),
+        "{msg}"
+    );
     // Our footer, but a column missing.
     let missing = dir.path().join("missing.parquet");
     let full = shard::rows_to_batch(&rows(0..3));
@@ -227,7 +255,10 @@ fn a_foreign_or_wrong_schema_file_is_rejected_with_what_is_wrong() {
     cut.remove_column(idx);
     write_parquet(&missing, &cut, Some(shard::writer_properties()));
     let msg = read_shard(&missing).unwrap_err().to_string();
-    assert!(msg.contains("missing.parquet") && msg.contains("\"rationale\" is missing"), "{msg}");
+    assert!(
+        msg.contains("missing.parquet") && msg.contains("\"rationale\" is missing"),
+        "{msg}"
+    );
     // Our footer, a column of the wrong type.
     let wrong = dir.path().join("wrong.parquet");
     let mut cols = full.columns().to_vec();
@@ -243,7 +274,10 @@ fn a_foreign_or_wrong_schema_file_is_rejected_with_what_is_wrong() {
     let junk = dir.path().join("junk.parquet");
     fs::write(&junk, b"hello, world").unwrap();
     let msg = read_shard(&junk).unwrap_err().to_string();
-    assert!(msg.contains("junk.parquet") && msg.contains("not a complete Parquet file"), "{msg}");
+    assert!(
+        msg.contains("junk.parquet") && msg.contains("not a complete Parquet file"),
+        "{msg}"
+    );
 }
 
 #[test]

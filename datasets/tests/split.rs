@@ -5,7 +5,12 @@ use stepwise_datasets::split::{SplitSpec, assign_splits, split_counts};
 use stepwise_datasets::{Example, Split};
 
 fn data() -> Vec<Example> {
-    generate(&ArithSpec { seed: 11, in_distribution: 1000, out_of_distribution: 100, ..Default::default() })
+    generate(&ArithSpec {
+        seed: 11,
+        in_distribution: 1000,
+        out_of_distribution: 100,
+        ..Default::default()
+    })
 }
 
 fn splits(ex: &[Example]) -> std::collections::BTreeMap<String, Split> {
@@ -14,7 +19,11 @@ fn splits(ex: &[Example]) -> std::collections::BTreeMap<String, Split> {
 
 #[test]
 fn same_seed_same_split_whatever_the_order() {
-    let spec = SplitSpec { seed: 5, val_fraction: 0.1, test_fraction: 0.2 };
+    let spec = SplitSpec {
+        seed: 5,
+        val_fraction: 0.1,
+        test_fraction: 0.2,
+    };
     let mut a = data();
     assign_splits(&mut a, &spec).unwrap();
     let mut b = data();
@@ -29,18 +38,46 @@ fn same_seed_same_split_whatever_the_order() {
 #[test]
 fn another_seed_gives_another_split_and_fixed_splits_are_kept() {
     let mut a = data();
-    assign_splits(&mut a, &SplitSpec { seed: 1, ..Default::default() }).unwrap();
+    assign_splits(
+        &mut a,
+        &SplitSpec {
+            seed: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut b = data();
-    assign_splits(&mut b, &SplitSpec { seed: 2, ..Default::default() }).unwrap();
+    assign_splits(
+        &mut b,
+        &SplitSpec {
+            seed: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let sa = splits(&a);
     let sb = splits(&b);
     let differ = sa.iter().filter(|(k, v)| sb[*k] != **v).count();
     assert!(differ > 100, "only {differ} examples moved");
-    assert!(a.iter().filter(|e| e.source == "arith:farm").all(|e| e.split == Some(Split::TestOod)));
+    assert!(
+        a.iter()
+            .filter(|e| e.source == "arith:farm")
+            .all(|e| e.split == Some(Split::TestOod))
+    );
 }
 
 #[test]
 fn bad_fractions_are_rejected() {
     let mut a = data();
-    assert!(assign_splits(&mut a, &SplitSpec { seed: 0, val_fraction: 0.5, test_fraction: 0.5 }).is_err());
+    assert!(
+        assign_splits(
+            &mut a,
+            &SplitSpec {
+                seed: 0,
+                val_fraction: 0.5,
+                test_fraction: 0.5
+            }
+        )
+        .is_err()
+    );
 }
