@@ -439,3 +439,148 @@ pub fn check_solution(text: &str) -> Result<f64, String> {
     }
     Ok(stated)
 }
+
+/// Matches one sentence against a template: literal parts must appear in
+/// order, `{n}`/`{o}` match any words, `{a}`/`{b}` capture an integer.
+fn match_template(template: &str, sentence: &str) -> Option<Option<i64>> {
+    let t = template.to_lowercase();
+    let s = sentence.to_lowercase();
+    let mut parts: Vec<(&str, Option<&str>)> = Vec::new(); // (literal, placeholder after it)
+    let mut rest = t.as_str();
+    while let Some(i) = rest.find('{') {
+        let j = rest[i..].find('}')? + i;
+        parts.push((&rest[..i], Some(&rest[i + 1..j])));
+        rest = &rest[j + 1..];
+    }
+    parts.push((rest, None));
+    let mut pos = 0;
+    let mut number = None;
+    let mut pending: Option<&str> = None;
+    for (lit, ph) in parts {
+        let found = if pending.is_some() {
+            // The literal follows a placeholder: find it after some text.
+            if lit.is_empty() {
+                Some(s.len())
+            } else {
+                s[pos..].find(lit).map(|k| k + pos)
+            }
+        } else {
+            s[pos..].starts_with(lit).then_some(pos)
+        }?;
+        if let Some(p) = pending.take() {
+            let captured = s[pos..found].trim();
+            if captured.is_empty() {
+                return None;
+            }
+            if p == "a" || p == "b" {
+                number = Some(captured.parse::<i64>().ok()?);
+            }
+        }
+        pos = found + lit.len();
+        pending = ph;
+    }
+    (pos == s.len()).then_some(number)
+}
+
+/// Sentences of `text`, split at `.`, `?`, `!` and newlines, with a leading
+/// one-word label such as `Q:` or `Question:` removed.
+fn sentences(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        if matches!(c, '.' | '?' | '!' | '\n') {
+            let mut s = text[start..=i].trim();
+            if let Some((label, rest)) = s.split_once(": ")
+                && !label.contains(' ')
+            {
+                s = rest.trim();
+            }
+            if !s.is_empty() && s != "." {
+                out.push(s);
+            }
+            start = i + 1;
+        }
+    }
+    out
+}
+
+/// A problem recognised in text: which family, the start value and the steps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedProblem {
+    pub family: &'static str,
+    pub object: String,
+    pub start: i64,
+    pub steps: Vec<(Op, i64)>,
+}
+
+impl ParsedProblem {
+    pub fn answer(&self) -> Option<i64> {
+        self.steps.iter().try_fold(self.start, |acc, (op, b)| op.apply(acc, *b))
+    }
+
+    /// A step-by-step rationale in the reference format, evaluated with `steps`.
+    pub fn rationale(&self, steps: &[(Op, i64)]) -> Option<String> {
+        let mut cur = self.start;
+        let mut out = vec![format!("There are {} {} at the start.", self.start, self.object)];
+        for (op, b) in steps {
+            let next = op.apply(cur, *b)?;
+            out.push(step_sentence(*op, &self.object, cur, *b, next));
+            cur = next;
+        }
+        out.push(format!("So the answer is {cur}."));
+        Some(out.join(" "))
+    }
+}
+
+/// Recognises a built-in problem in `text` (the question, possibly inside a
+/// longer prompt: the last matching run of sentences wins). This is how the
+/// local `solver` teacher reads the questions it is sent.
+pub fn parse_problem(text: &str) -> Option<ParsedProblem> {
+    let sents = sentences(text);
+    let mut best = None;
+    for fam in FAMILIES {
+        for (i, s) in sents.iter().enumerate() {
+            let Some(Some(start)) = match_template(fam.start, s) else {
+                continue;
+            };
+            let mut steps = Vec::new();
+            let mut j = i + 1;
+            while j < sents.len() {
+                let step = [
+                    (Op::Add, fam.add),
+                    (Op::Sub, fam.sub),
+                    (Op::Mul, fam.mul),
+                    (Op::Div, fam.div),
+                ]
+                .into_iter()
+                .find_map(|(op, t)| match_template(t, sents[j]).flatten().map(|b| (op, b)));
+                match step {
+                    Some(st) => steps.push(st),
+                    None => break,
+                }
+                j += 1;
+            }
+            let asks = j < sents.len() && match_template(fam.question, sents[j]).is_some();
+            if asks && !steps.is_empty() && best.as_ref().is_none_or(|(bi, _)| i >= *bi) {
+                let object = fam
+                    .objects
+                    .iter()
+                    .find(|o| s.contains(*o))
+                    .copied()
+                    .unwrap_or(fam.objects[0])
+                    .to_string();
+                best = Some((
+                    i,
+                    ParsedProblem {
+                        family: fam.name,
+                        object,
+                        start,
+                        steps,
+                    },
+                ));
+            }
+        }
+    }
+    // The last problem in the text is the one being asked (few-shot examples come first).
+    best.map(|(_, p)| p)
+}

@@ -107,3 +107,20 @@ fn print_samples() {
         println!("{}\n  -> {}\n", p.question, p.solution);
     }
 }
+
+#[test]
+fn parse_problem_recovers_every_generated_problem() {
+    let problems = generate_problems(21, 2000, &arith::family_names(), 2, 4);
+    for p in &problems {
+        let parsed = arith::parse_problem(&p.question).unwrap_or_else(|| panic!("not parsed: {}", p.question));
+        assert_eq!(parsed.start, p.start, "{}", p.question);
+        assert_eq!(parsed.steps, p.steps, "{}", p.question);
+        assert_eq!(parsed.answer(), Some(p.answer));
+        assert_eq!(parsed.rationale(&parsed.steps).as_deref(), Some(p.solution.as_str()));
+    }
+    // Inside a prompt with a worked example first, the last problem is the one asked.
+    let (a, b) = (&problems[0], &problems[1]);
+    let prompt = format!("Q: {}\nA: {}\n\nQ: {}\nA:", a.question, a.solution, b.question);
+    assert_eq!(arith::parse_problem(&prompt).unwrap().answer(), Some(b.answer));
+    assert_eq!(arith::parse_problem("What is the capital of France?"), None);
+}

@@ -2,6 +2,7 @@
 
 mod data_cmd;
 mod shards_cmd;
+mod teach_cmd;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -28,6 +29,11 @@ enum Command {
     /// Inspect, validate, export and merge rationale shards.
     #[command(subcommand)]
     Shards(shards_cmd::ShardsCommand),
+    /// Ask the teacher for answers and rationales into the run directory's shards.
+    Teach(teach_cmd::TeachArgs),
+    /// Run or probe a teacher.
+    #[command(subcommand)]
+    Teacher(teach_cmd::TeacherCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +50,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Data(c) => data_cmd::run(c),
         Command::Shards(c) => shards_cmd::run(c),
+        Command::Teach(a) => teach_cmd::run_teach(a),
+        Command::Teacher(c) => teach_cmd::run_teacher(c),
     }
 }

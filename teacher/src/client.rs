@@ -1,0 +1,243 @@
+//! [`TeacherClient`]: an OpenAI-compatible chat client with bounded
+//! concurrency, request and token rate limits, timeouts, and retries with
+//! exponential backoff, full jitter and `Retry-After`.
+
+use crate::error::TeacherError;
+use crate::protocol::{ChatRequest, ChatResponse};
+use governor::{DefaultDirectRateLimiter, Quota};
+use rand::RngExt;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Where the teacher is and how hard to push it.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// e.g. `http://127.0.0.1:8089/v1` or a provider's `/v1` URL.
+    pub base_url: String,
+    pub model: String,
+    /// The *name* of the environment variable holding the API key; the key
+    /// itself is read at start-up and never logged or written.
+    pub api_key_env: Option<String>,
+    pub concurrency: usize,
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+    pub timeout: Duration,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            base_url: "http://127.0.0.1:8089/v1".into(),
+            model: "solver".into(),
+            api_key_env: None,
+            concurrency: 16,
+            requests_per_minute: None,
+            tokens_per_minute: None,
+            timeout: Duration::from_secs(120),
+            max_retries: 6,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A successful completion and what it cost to get.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub response: ChatResponse,
+    pub latency_ms: u32,
+    pub attempts: u32,
+}
+
+/// One failed attempt: whether to try again, and after how long at least.
+struct Attempt {
+    reason: String,
+    retry: bool,
+    retry_after: Option<Duration>,
+}
+
+pub struct TeacherClient {
+    http: reqwest::Client,
+    cfg: ClientConfig,
+    url: String,
+    key: Option<String>,
+    slots: Semaphore,
+    rpm: Option<DefaultDirectRateLimiter>,
+    tpm: Option<(DefaultDirectRateLimiter, u32)>,
+}
+
+impl std::fmt::Debug for TeacherClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("TeacherClient")
+            .field("url", &self.url)
+            .field("model", &self.cfg.model)
+            .finish()
+    }
+}
+
+fn per_minute(n: u32, burst: u32) -> Result<DefaultDirectRateLimiter, TeacherError> {
+    let n = NonZeroU32::new(n).ok_or_else(|| TeacherError::Config("a per-minute limit must be above 0".into()))?;
+    let burst = NonZeroU32::new(burst.max(1)).expect("max(1)");
+    Ok(DefaultDirectRateLimiter::direct(
+        Quota::per_minute(n).allow_burst(burst),
+    ))
+}
+
+impl TeacherClient {
+    pub fn new(cfg: ClientConfig) -> Result<Self, TeacherError> {
+        let key = match &cfg.api_key_env {
+            None => None,
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                TeacherError::Config(format!(
+                    "the API key variable {var} is not set (api_key_env names the variable, not the key)"
+                ))
+            })?),
+        };
+        let http = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .pool_max_idle_per_host(cfg.concurrency.max(1))
+            .build()
+            .map_err(|e| TeacherError::Config(format!("HTTP client: {e}")))?;
+        // Requests are spaced evenly (burst 1) so the measured rate stays at the limit.
+        let rpm = cfg.requests_per_minute.map(|n| per_minute(n, 1)).transpose()?;
+        let tpm = match cfg.tokens_per_minute {
+            Some(n) => {
+                let burst = (n / 60).max(1);
+                Some((per_minute(n, burst)?, burst))
+            }
+            None => None,
+        };
+        let url = format!("{}/chat/completions", cfg.base_url.trim_end_matches('/'));
+        Ok(TeacherClient {
+            http,
+            slots: Semaphore::new(cfg.concurrency.max(1)),
+            url,
+            key,
+            rpm,
+            tpm,
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let cap = self
+            .cfg
+            .backoff_base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.cfg.backoff_max);
+        // Full jitter: spread retries so a burst of 429s does not come back in step.
+        cap.mul_f64(rand::rng().random_range(0.0..1.0))
+    }
+
+    /// Sends `req`, retrying what can be retried. `est_tokens` is charged
+    /// against the tokens-per-minute limit before sending.
+    pub async fn complete(&self, req: &ChatRequest, est_tokens: u32) -> Result<Completion, TeacherError> {
+        let _slot = self.slots.acquire().await.expect("semaphore never closed");
+        let mut attempt = 0;
+        loop {
+            if let Some(l) = &self.rpm {
+                l.until_ready().await;
+            }
+            if let Some((l, burst)) = &self.tpm {
+                let n = NonZeroU32::new(est_tokens.clamp(1, *burst)).expect("clamped to >= 1");
+                let _ = l.until_n_ready(n).await;
+            }
+            let start = Instant::now();
+            let outcome = self.send_once(req).await;
+            attempt += 1;
+            match outcome {
+                Ok(response) => {
+                    let latency_ms = start.elapsed().as_millis().min(u32::MAX as u128) as u32;
+                    return Ok(Completion {
+                        response,
+                        latency_ms,
+                        attempts: attempt,
+                    });
+                }
+                Err(a) if !a.retry || attempt > self.cfg.max_retries => {
+                    return Err(TeacherError::Request {
+                        attempts: attempt,
+                        reason: a.reason,
+                    });
+                }
+                Err(a) => {
+                    let wait = self.backoff(attempt - 1).max(a.retry_after.unwrap_or_default());
+                    tracing::debug!(attempt, reason = %a.reason, wait_ms = wait.as_millis() as u64, "retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn send_once(&self, req: &ChatRequest) -> Result<ChatResponse, Attempt> {
+        let retryable = |reason: String| Attempt {
+            reason,
+            retry: true,
+            retry_after: None,
+        };
+        let mut rb = self.http.post(&self.url).json(req);
+        if let Some(k) = &self.key {
+            rb = rb.bearer_auth(k);
+        }
+        let resp = rb.send().await.map_err(|e| {
+            let kind = if e.is_timeout() {
+                "timeout"
+            } else if e.is_connect() {
+                "connection error"
+            } else {
+                "request error"
+            };
+            retryable(format!("{kind}: {}", without_url(&e)))
+        })?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(600.0)));
+        let body = resp.bytes().await.map_err(|e| {
+            let kind = if e.is_timeout() {
+                "timeout reading body"
+            } else {
+                "broken body"
+            };
+            retryable(format!("{kind}: {}", without_url(&e)))
+        })?;
+        if !status.is_success() {
+            let snippet: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+            let retry = status.as_u16() == 429 || status.is_server_error() || status.as_u16() == 408;
+            return Err(Attempt {
+                reason: format!("HTTP {status}: {snippet}"),
+                retry,
+                retry_after,
+            });
+        }
+        let parsed: ChatResponse = serde_json::from_slice(&body)
+            .map_err(|e| retryable(format!("unparsable body ({} bytes): {e}", body.len())))?;
+        if parsed.choices.is_empty() {
+            return Err(retryable("response has no choices".into()));
+        }
+        Ok(parsed)
+    }
+}
+
+/// reqwest errors print the URL; keep messages short and free of query strings.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(u) = e.url() {
+        s = s.replace(u.as_str(), "<url>");
+    }
+    s
+}

@@ -1,0 +1,80 @@
+//! The OpenAI-compatible `/v1/chat/completions` wire format: the subset every
+//! provider (OpenAI, vLLM, llama.cpp, Ollama) speaks.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: impl Into<String>) -> Self {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub temperature: f32,
+    pub max_tokens: u32,
+    /// Samples per request (self-consistency).
+    #[serde(default = "one")]
+    pub n: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl ChatRequest {
+    /// The cache key: SHA-256 of the canonical JSON body (field order fixed by
+    /// the struct; no credentials are part of it).
+    pub fn hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let body = serde_json::to_vec(self).expect("request serialises");
+        hex::encode(Sha256::digest(body))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    pub index: u32,
+    pub message: Message,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    #[serde(default)]
+    pub total_tokens: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatResponse {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default = "chat_completion")]
+    pub object: String,
+    #[serde(default)]
+    pub created: i64,
+    pub model: String,
+    pub choices: Vec<Choice>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+fn chat_completion() -> String {
+    "chat.completion".into()
+}

@@ -1,0 +1,452 @@
+//! The teach stage: examples in, rationale shards out. Concurrent, rate
+//! limited, cached, resumable, accounted; failures recorded, never dropped.
+
+use crate::cache::{CachedResponse, ResponseCache};
+use crate::client::{ClientConfig, TeacherClient};
+use crate::error::TeacherError;
+use crate::prompt::{Prompts, prompt_hash};
+use crate::protocol::ChatRequest;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use stepwise_datasets::Example;
+use stepwise_datasets::answer::{extract_answer, labels_match};
+use stepwise_datasets::shard::{RationaleRow, ShardSet};
+
+/// Dollars per million tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Price {
+    pub prompt_per_mtok: f64,
+    pub completion_per_mtok: f64,
+}
+
+impl Price {
+    pub fn cost(&self, prompt: u64, completion: u64) -> f64 {
+        (prompt as f64 * self.prompt_per_mtok + completion as f64 * self.completion_per_mtok) / 1e6
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TeachConfig {
+    pub client: ClientConfig,
+    pub temperature: f32,
+    pub max_tokens: u32,
+    /// Samples per example (self-consistency).
+    pub n: u32,
+    pub seed: Option<i64>,
+    pub prompt_dir: Option<PathBuf>,
+    pub rows_per_shard: usize,
+    pub price: Price,
+    /// Stop sending new requests once the spent cost reaches this.
+    pub budget_usd: Option<f64>,
+    /// Re-ask with the gold answer as a hint when no sample agrees with gold (STaR).
+    pub rationalize: bool,
+    /// Keep the untouched completion in `raw_completion`.
+    pub keep_raw: bool,
+    /// Hash of the configuration that produced the shards (see [`ShardSet::open`]).
+    pub config_hash: String,
+}
+
+/// Where the stage reads and writes.
+#[derive(Debug, Clone)]
+pub struct TeachPaths {
+    pub shards: PathBuf,
+    pub cache: PathBuf,
+    /// One JSON line per request that failed after its retries.
+    pub failures: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TeachSummary {
+    pub examples: usize,
+    pub already_done: usize,
+    pub requests_sent: u64,
+    pub cache_hits: u64,
+    pub failed: u64,
+    pub rows_written: u64,
+    pub agree_with_gold: u64,
+    pub rationalized_rows: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+    pub stopped_by_budget: bool,
+    pub not_attempted: usize,
+}
+
+/// What sending everything would cost at most, without sending anything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    pub requests: usize,
+    pub prompt_tokens: u64,
+    pub max_completion_tokens: u64,
+    pub max_cost_usd: f64,
+}
+
+/// Rough prompt size, four characters a token (providers count exactly; this bounds the budget).
+fn approx_tokens(s: &str) -> u64 {
+    (s.len() as u64).div_ceil(4)
+}
+
+fn request(cfg: &TeachConfig, prompts: &Prompts, ex: &Example, hint: Option<&str>) -> (String, ChatRequest) {
+    let (template, messages) = prompts.render(ex, hint);
+    let req = ChatRequest {
+        model: cfg.client.model.clone(),
+        messages,
+        temperature: cfg.temperature,
+        max_tokens: cfg.max_tokens,
+        n: cfg.n,
+        seed: cfg.seed,
+    };
+    (template, req)
+}
+
+pub fn estimate(
+    examples: &[Example],
+    done: &dyn Fn(&str) -> bool,
+    cfg: &TeachConfig,
+) -> Result<Estimate, TeacherError> {
+    let prompts = Prompts::load(cfg.prompt_dir.as_deref())?;
+    let todo: Vec<&Example> = examples.iter().filter(|e| !done(&e.id)).collect();
+    let prompt_tokens: u64 = todo
+        .iter()
+        .map(|e| {
+            request(cfg, &prompts, e, None)
+                .1
+                .messages
+                .iter()
+                .map(|m| approx_tokens(&m.content))
+                .sum::<u64>()
+        })
+        .sum();
+    let max_completion_tokens = todo.len() as u64 * cfg.max_tokens as u64 * cfg.n as u64;
+    Ok(Estimate {
+        requests: todo.len(),
+        prompt_tokens,
+        max_completion_tokens,
+        max_cost_usd: cfg.price.cost(prompt_tokens, max_completion_tokens),
+    })
+}
+
+/// The rows of one response: one per sample, with vote shares and agreement.
+fn rows_for(
+    ex: &Example,
+    cfg: &TeachConfig,
+    template: &str,
+    req: &ChatRequest,
+    got: &CachedResponse,
+    first_index: u32,
+    rationalized: bool,
+) -> Vec<RationaleRow> {
+    let answers: Vec<Option<String>> = got
+        .response
+        .choices
+        .iter()
+        .map(|c| extract_answer(&c.message.content))
+        .collect();
+    let n = answers.len().max(1) as f32;
+    let usage = got.response.usage.unwrap_or_default();
+    let per = |x: u32| x / answers.len().max(1) as u32;
+    let phash = prompt_hash(&req.messages);
+    let now = chrono::Utc::now().timestamp_millis();
+    got.response
+        .choices
+        .iter()
+        .zip(&answers)
+        .enumerate()
+        .map(|(i, (c, a))| {
+            let same = a.as_ref().map_or(0, |a| {
+                answers
+                    .iter()
+                    .flatten()
+                    .filter(|b| labels_match(ex.label_kind, b, a, ex.choices.as_deref()))
+                    .count()
+            });
+            let text = c.message.content.trim();
+            RationaleRow {
+                example_id: ex.id.clone(),
+                task: ex.task.clone(),
+                split: ex.split.map(|s| s.to_string()),
+                input: ex.input.clone(),
+                choices: ex.choices.clone(),
+                gold_label: Some(ex.label.clone()),
+                teacher_label: a.clone(),
+                rationale: text.to_string(),
+                sample_index: first_index + i as u32,
+                vote_share: same as f32 / n,
+                agrees_with_gold: Some(
+                    a.as_ref()
+                        .is_some_and(|a| labels_match(ex.label_kind, a, &ex.label, ex.choices.as_deref())),
+                ),
+                rationalized,
+                teacher_model: got.response.model.clone(),
+                prompt_template: template.to_string(),
+                prompt_hash: phash.clone(),
+                temperature: cfg.temperature,
+                max_tokens: cfg.max_tokens,
+                seed: cfg.seed,
+                prompt_tokens: per(usage.prompt_tokens),
+                completion_tokens: per(usage.completion_tokens),
+                latency_ms: got.latency_ms,
+                finish_reason: c.finish_reason.clone().unwrap_or_else(|| "unknown".into()),
+                created_at: now,
+                raw_completion: cfg.keep_raw.then(|| c.message.content.clone()),
+                top_logprobs: None,
+            }
+        })
+        .collect()
+}
+
+/// The outcome of one example's requests.
+enum Outcome {
+    Rows {
+        rows: Vec<RationaleRow>,
+        sent: u64,
+        hits: u64,
+        prompt: u64,
+        completion: u64,
+    },
+    Failed {
+        example_id: String,
+        reason: String,
+        attempts: u32,
+        sent: u64,
+    },
+    OverBudget,
+}
+
+struct Shared {
+    client: TeacherClient,
+    cache: ResponseCache,
+    prompts: Prompts,
+    cfg: TeachConfig,
+    spent_micro_usd: AtomicU64,
+    over_budget: AtomicBool,
+}
+
+impl Shared {
+    fn charge(&self, prompt: u64, completion: u64) {
+        let micro = (self.cfg.price.cost(prompt, completion) * 1e6).round() as u64;
+        let total = self.spent_micro_usd.fetch_add(micro, Ordering::SeqCst) + micro;
+        if self.cfg.budget_usd.is_some_and(|b| total as f64 / 1e6 >= b) {
+            self.over_budget.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Cached or fetched response for `req`; `Ok((response, sent))`.
+    async fn fetch(&self, req: &ChatRequest) -> Result<(CachedResponse, bool), TeacherError> {
+        if let Some(c) = self.cache.get(req) {
+            return Ok((c, false));
+        }
+        let est =
+            req.messages.iter().map(|m| approx_tokens(&m.content)).sum::<u64>() + req.max_tokens as u64 * req.n as u64;
+        let done = self.client.complete(req, est.min(u32::MAX as u64) as u32).await?;
+        let c = CachedResponse {
+            response: done.response,
+            latency_ms: done.latency_ms,
+        };
+        self.cache.put(req, &c)?;
+        Ok((c, true))
+    }
+
+    async fn teach_one(&self, ex: Example) -> Outcome {
+        if self.over_budget.load(Ordering::SeqCst) {
+            return Outcome::OverBudget;
+        }
+        let (template, req) = request(&self.cfg, &self.prompts, &ex, None);
+        let (mut sent, mut hits, mut prompt, mut completion) = (0, 0, 0, 0);
+        let mut note = |c: &CachedResponse, was_sent: bool| {
+            let u = c.response.usage.unwrap_or_default();
+            if was_sent {
+                sent += 1;
+                self.charge(u.prompt_tokens as u64, u.completion_tokens as u64);
+            } else {
+                hits += 1;
+            }
+            prompt += u.prompt_tokens as u64;
+            completion += u.completion_tokens as u64;
+        };
+        let got = match self.fetch(&req).await {
+            Ok((c, was_sent)) => {
+                note(&c, was_sent);
+                c
+            }
+            Err(e) => {
+                let attempts = match &e {
+                    TeacherError::Request { attempts, .. } => *attempts,
+                    _ => 0,
+                };
+                return Outcome::Failed {
+                    example_id: ex.id.clone(),
+                    reason: e.to_string(),
+                    attempts,
+                    sent: 1,
+                };
+            }
+        };
+        let mut rows = rows_for(&ex, &self.cfg, &template, &req, &got, 0, false);
+        if self.cfg.rationalize && !rows.iter().any(|r| r.agrees_with_gold == Some(true)) {
+            let (template, hinted) = request(&self.cfg, &self.prompts, &ex, Some(&ex.label));
+            match self.fetch(&hinted).await {
+                Ok((c, was_sent)) => {
+                    note(&c, was_sent);
+                    rows.extend(rows_for(&ex, &self.cfg, &template, &hinted, &c, self.cfg.n, true));
+                }
+                Err(e) => {
+                    tracing::warn!(example = %ex.id, error = %e, "rationalisation request failed; keeping the first answers")
+                }
+            }
+        }
+        Outcome::Rows {
+            rows,
+            sent,
+            hits,
+            prompt,
+            completion,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct FailureRecord<'a> {
+    example_id: &'a str,
+    reason: &'a str,
+    attempts: u32,
+    at: String,
+}
+
+/// Runs the stage. Examples already in the shard set are skipped; a killed
+/// run loses at most the requests in flight, and their responses are usually
+/// in the cache already.
+pub async fn teach(examples: &[Example], cfg: TeachConfig, paths: &TeachPaths) -> Result<TeachSummary, TeacherError> {
+    let (mut shards, rec) = ShardSet::open(&paths.shards, &cfg.config_hash, cfg.rows_per_shard)?;
+    if rec.replayed_rows + rec.adopted_shards + rec.duplicates_skipped > 0 || rec.torn_tail {
+        tracing::info!(?rec, "recovered shards from an interrupted run");
+    }
+    let done = shards.example_ids();
+    let todo: Vec<Example> = examples.iter().filter(|e| !done.contains(&e.id)).cloned().collect();
+    let mut summary = TeachSummary {
+        examples: examples.len(),
+        already_done: examples.len() - todo.len(),
+        ..Default::default()
+    };
+    let shared = Arc::new(Shared {
+        client: TeacherClient::new(cfg.client.clone())?,
+        cache: ResponseCache::open(&paths.cache)?,
+        prompts: Prompts::load(cfg.prompt_dir.as_deref())?,
+        spent_micro_usd: AtomicU64::new(0),
+        over_budget: AtomicBool::new(false),
+        cfg,
+    });
+    let bar = indicatif::ProgressBar::new(todo.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} teach [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let started = std::time::Instant::now();
+    let mut failures: Option<std::fs::File> = None;
+    let concurrency = shared.cfg.client.concurrency.max(1);
+    let mut stream = futures::stream::iter(todo.into_iter().map(|ex| {
+        let s = shared.clone();
+        async move { s.teach_one(ex).await }
+    }))
+    .buffer_unordered(concurrency)
+    .ready_chunks(256);
+    while let Some(batch) = stream.next().await {
+        let mut rows = Vec::new();
+        for outcome in batch {
+            match outcome {
+                Outcome::Rows {
+                    rows: r,
+                    sent,
+                    hits,
+                    prompt,
+                    completion,
+                } => {
+                    summary.requests_sent += sent;
+                    summary.cache_hits += hits;
+                    summary.prompt_tokens += prompt;
+                    summary.completion_tokens += completion;
+                    rows.extend(r);
+                }
+                Outcome::Failed {
+                    example_id,
+                    reason,
+                    attempts,
+                    sent,
+                } => {
+                    summary.requests_sent += sent;
+                    summary.failed += 1;
+                    tracing::warn!(example = %example_id, %reason, attempts, "request failed; recorded");
+                    let f = match &mut failures {
+                        Some(f) => f,
+                        None => failures.insert(
+                            std::fs::OpenOptions::new()
+                                .create(true)
+                                .append(true)
+                                .open(&paths.failures)
+                                .map_err(|e| TeacherError::Io(paths.failures.clone(), e))?,
+                        ),
+                    };
+                    let rec = FailureRecord {
+                        example_id: &example_id,
+                        reason: &reason,
+                        attempts,
+                        at: chrono::Utc::now().to_rfc3339(),
+                    };
+                    let mut line = serde_json::to_vec(&rec).expect("failure serialises");
+                    line.push(b'\n');
+                    f.write_all(&line)
+                        .map_err(|e| TeacherError::Io(paths.failures.clone(), e))?;
+                }
+                Outcome::OverBudget => summary.not_attempted += 1,
+            }
+            bar.inc(1);
+        }
+        summary.agree_with_gold += rows.iter().filter(|r| r.agrees_with_gold == Some(true)).count() as u64;
+        summary.rationalized_rows += rows.iter().filter(|r| r.rationalized).count() as u64;
+        summary.rows_written += shards.append(rows)? as u64;
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        bar.set_message(format!(
+            "{:.0} tok/s, {} errors, ${:.4}",
+            (summary.prompt_tokens + summary.completion_tokens) as f64 / secs,
+            summary.failed,
+            shared.spent_micro_usd.load(Ordering::SeqCst) as f64 / 1e6
+        ));
+    }
+    bar.finish_and_clear();
+    shards.finish()?;
+    summary.cost_usd = shared.spent_micro_usd.load(Ordering::SeqCst) as f64 / 1e6;
+    summary.stopped_by_budget = shared.over_budget.load(Ordering::SeqCst);
+    tracing::info!(?summary, "teach stage done");
+    Ok(summary)
+}
+
+/// Keeps the rows a student should learn from: answers that agree with gold
+/// (when `require_gold`) and, with several samples, the majority answer.
+pub fn curate(rows: &[RationaleRow], require_gold: bool, min_vote_share: f32) -> Vec<RationaleRow> {
+    let mut best: HashMap<&str, f32> = HashMap::new();
+    for r in rows {
+        let e = best.entry(r.example_id.as_str()).or_insert(0.0);
+        *e = e.max(r.vote_share);
+    }
+    rows.iter()
+        .filter(|r| r.teacher_label.is_some())
+        .filter(|r| !require_gold || r.agrees_with_gold == Some(true))
+        .filter(|r| r.rationalized || (r.vote_share >= min_vote_share && r.vote_share >= best[r.example_id.as_str()]))
+        .cloned()
+        .collect()
+}
+
+/// Paths under a run directory.
+pub fn paths_in(run_dir: &Path) -> TeachPaths {
+    TeachPaths {
+        shards: run_dir.join("shards"),
+        cache: run_dir.join("cache"),
+        failures: run_dir.join("failures.jsonl"),
+    }
+}

@@ -1,0 +1,331 @@
+//! The client and the teach stage against the local server over real HTTP on loopback.
+
+use std::time::{Duration, Instant};
+use stepwise_datasets::Example;
+use stepwise_datasets::answer::extract_answer;
+use stepwise_datasets::arith::{ArithSpec, check_solution, generate};
+use stepwise_datasets::shard::read_dir_rows;
+use stepwise_teacher::protocol::{ChatRequest, Message};
+use stepwise_teacher::server::{self, Backend, Fault, Faults, ServerConfig};
+use stepwise_teacher::stage::{Price, TeachConfig, paths_in, teach};
+use stepwise_teacher::{ClientConfig, TeacherClient, TeacherError};
+
+fn examples(n: usize) -> Vec<Example> {
+    let mut ex = generate(&ArithSpec {
+        seed: 5,
+        in_distribution: n,
+        out_of_distribution: 0,
+        ..Default::default()
+    });
+    ex.iter_mut()
+        .for_each(|e| e.split = Some(stepwise_datasets::Split::Train));
+    ex
+}
+
+fn client_cfg(base_url: String) -> ClientConfig {
+    ClientConfig {
+        base_url,
+        concurrency: 8,
+        timeout: Duration::from_secs(5),
+        max_retries: 6,
+        backoff_base: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(100),
+        ..Default::default()
+    }
+}
+
+fn teach_cfg(client: ClientConfig) -> TeachConfig {
+    TeachConfig {
+        client,
+        temperature: 0.0,
+        max_tokens: 256,
+        n: 1,
+        seed: Some(1),
+        prompt_dir: None,
+        rows_per_shard: 50,
+        price: Price {
+            prompt_per_mtok: 1.0,
+            completion_per_mtok: 2.0,
+        },
+        budget_usd: None,
+        rationalize: false,
+        keep_raw: false,
+        config_hash: "test".into(),
+    }
+}
+
+fn req(q: &str) -> ChatRequest {
+    ChatRequest {
+        model: "solver".into(),
+        messages: vec![Message::new("user", q)],
+        temperature: 0.0,
+        max_tokens: 256,
+        n: 1,
+        seed: None,
+    }
+}
+
+async fn server_with(faults: Faults) -> server::LocalServer {
+    server::start(
+        "127.0.0.1:0",
+        ServerConfig {
+            faults,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_solver_answers_exactly_and_the_mimic_wrongly_in_the_same_format() {
+    let ex = &examples(1)[0];
+    for (backend, right) in [(Backend::Solver, true), (Backend::Mimic, false)] {
+        let srv = server::start(
+            "127.0.0.1:0",
+            ServerConfig {
+                backend,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let c = TeacherClient::new(client_cfg(srv.base_url())).unwrap();
+        let got = c.complete(&req(&ex.input), 100).await.unwrap();
+        let text = &got.response.choices[0].message.content;
+        let ans = extract_answer(text).unwrap();
+        assert_eq!(ans == ex.label, right, "{backend:?}: {text}");
+        assert!(text.starts_with("There are ") && text.contains(" = "), "{text}");
+        if right {
+            check_solution(text).unwrap();
+        }
+        srv.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn every_fault_class_is_retried() {
+    for fault in [
+        Fault::RateLimited,
+        Fault::ServerError,
+        Fault::Garbage,
+        Fault::Truncated,
+        Fault::Stall,
+    ] {
+        let srv = server_with(Faults {
+            script: vec![fault, fault],
+            retry_after_s: 0,
+            stall: Duration::from_secs(3),
+            ..Default::default()
+        })
+        .await;
+        let mut cfg = client_cfg(srv.base_url());
+        cfg.timeout = Duration::from_millis(500);
+        let c = TeacherClient::new(cfg).unwrap();
+        let got = c
+            .complete(&req(&examples(1)[0].input), 100)
+            .await
+            .unwrap_or_else(|e| panic!("{fault:?}: {e}"));
+        assert_eq!(got.attempts, 3, "{fault:?}");
+        srv.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let srv = server_with(Faults {
+        script: vec![Fault::RateLimited],
+        retry_after_s: 1,
+        ..Default::default()
+    })
+    .await;
+    let c = TeacherClient::new(client_cfg(srv.base_url())).unwrap();
+    let t = Instant::now();
+    let got = c.complete(&req(&examples(1)[0].input), 100).await.unwrap();
+    assert_eq!(got.attempts, 2);
+    assert!(t.elapsed() >= Duration::from_secs(1), "retried after {:?}", t.elapsed());
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_that_keeps_failing_is_recorded_not_written() {
+    let srv = server_with(Faults {
+        p_server_error: 1.0,
+        ..Default::default()
+    })
+    .await;
+    let mut cfg = client_cfg(srv.base_url());
+    cfg.max_retries = 2;
+    let c = TeacherClient::new(cfg.clone()).unwrap();
+    match c.complete(&req("x"), 10).await {
+        Err(TeacherError::Request { attempts, reason }) => {
+            assert_eq!(attempts, 3);
+            assert!(reason.contains("500"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let paths = paths_in(dir.path());
+    let s = teach(&examples(4), teach_cfg(cfg), &paths).await.unwrap();
+    assert_eq!((s.failed, s.rows_written), (4, 0));
+    let failures = std::fs::read_to_string(&paths.failures).unwrap();
+    assert_eq!(failures.lines().count(), 4);
+    assert!(failures.contains("HTTP 500"));
+    assert!(read_dir_rows(&paths.shards).unwrap().is_empty());
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_error_is_not_retried() {
+    let srv = server_with(Faults {
+        script: vec![Fault::Unauthorized],
+        ..Default::default()
+    })
+    .await;
+    let c = TeacherClient::new(client_cfg(srv.base_url())).unwrap();
+    match c.complete(&req("x"), 10).await {
+        Err(TeacherError::Request { attempts, reason }) => {
+            assert_eq!((attempts, reason.contains("401")), (1, true), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_request_rate_stays_at_the_limit() {
+    let srv = server_with(Faults::default()).await;
+    let mut cfg = client_cfg(srv.base_url());
+    cfg.requests_per_minute = Some(1200); // 20 per second
+    cfg.concurrency = 16;
+    let c = std::sync::Arc::new(TeacherClient::new(cfg).unwrap());
+    let ex = examples(1).remove(0);
+    let n = 41;
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (c, q) = (c.clone(), ex.input.clone());
+            tokio::spawn(async move { c.complete(&req(&q), 10).await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // n requests spaced evenly span n-1 intervals.
+    let rate = (n - 1) as f64 / t.elapsed().as_secs_f64();
+    assert!(
+        (rate - 20.0).abs() <= 2.0,
+        "measured {rate:.2} requests/s against a limit of 20"
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_stage_writes_one_row_per_sample_and_the_cache_prevents_resending() {
+    let srv = server_with(Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let paths = paths_in(dir.path());
+    let ex = examples(30);
+    let mut cfg = teach_cfg(client_cfg(srv.base_url()));
+    cfg.n = 2;
+    let s = teach(&ex, cfg.clone(), &paths).await.unwrap();
+    assert_eq!(
+        (s.requests_sent, s.rows_written, s.agree_with_gold, s.failed),
+        (30, 60, 60, 0)
+    );
+    assert!(s.cost_usd > 0.0 && s.prompt_tokens > 0);
+    let rows = read_dir_rows(&paths.shards).unwrap();
+    assert_eq!(rows.len(), 60);
+    assert!(
+        rows.iter()
+            .all(|r| r.vote_share == 1.0 && r.prompt_template == "arithmetic")
+    );
+    // Re-run: everything is in the shards; nothing is asked.
+    let s2 = teach(&ex, cfg.clone(), &paths).await.unwrap();
+    assert_eq!((s2.already_done, s2.requests_sent), (30, 0));
+    // Fresh shards, same cache: answered from the cache.
+    let mut p2 = paths_in(&dir.path().join("again"));
+    p2.cache = paths.cache.clone();
+    let s3 = teach(&ex, cfg, &p2).await.unwrap();
+    assert_eq!((s3.cache_hits, s3.requests_sent, s3.rows_written), (30, 0, 60));
+    assert_eq!(srv.stats.completions.load(std::sync::atomic::Ordering::SeqCst), 30);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_budget_cap_stops_cleanly() {
+    let srv = server_with(Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = teach_cfg(client_cfg(srv.base_url()));
+    cfg.client.concurrency = 1;
+    cfg.price = Price {
+        prompt_per_mtok: 1000.0,
+        completion_per_mtok: 1000.0,
+    };
+    cfg.budget_usd = Some(0.5);
+    let s = teach(&examples(40), cfg, &paths_in(dir.path())).await.unwrap();
+    assert!(s.stopped_by_budget);
+    assert!(s.not_attempted > 0 && s.rows_written > 0, "{s:?}");
+    assert_eq!(s.rows_written as usize + s.not_attempted, 40);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_api_key_never_reaches_any_file() {
+    const KEY: &str = "sk-test-very-secret-4242";
+    // SAFETY: set once, before any thread of this test reads the environment.
+    unsafe { std::env::set_var("STEPWISE_TEST_KEY", KEY) };
+    let srv = server_with(Faults {
+        script: vec![Fault::ServerError],
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = client_cfg(srv.base_url());
+    cfg.api_key_env = Some("STEPWISE_TEST_KEY".into());
+    let mut tc = teach_cfg(cfg);
+    tc.keep_raw = true;
+    let s = teach(&examples(10), tc, &paths_in(dir.path())).await.unwrap();
+    assert_eq!(s.rows_written, 10);
+    let mut files = 0;
+    for entry in walk(dir.path()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        files += 1;
+        assert!(
+            !bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
+            "key found in {}",
+            entry.display()
+        );
+    }
+    assert!(files > 10);
+    assert!(!format!("{:?}", TeacherClient::new(client_cfg(srv.base_url())).unwrap()).contains(KEY));
+    srv.shutdown().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
+}
+
+#[test]
+fn the_mimic_is_wrong_and_well_formed_on_nearly_every_problem() {
+    let ex = examples(500);
+    let mut chained = 0;
+    for e in &ex {
+        let text = server::answer(Backend::Mimic, &e.input, 7);
+        let ans = extract_answer(&text).unwrap();
+        assert_ne!(ans, e.label, "{text}");
+        if check_solution(&text).is_ok() {
+            chained += 1;
+        }
+    }
+    // Its rationales are internally consistent chains, just of the wrong numbers.
+    assert!(
+        chained >= 490,
+        "only {chained} of 500 mimic rationales are step-by-step chains"
+    );
+}
