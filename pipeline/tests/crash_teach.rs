@@ -80,12 +80,8 @@ async fn twenty_sigkills_then_resume_give_exactly_one_row_per_sample() {
             mid_run += 1;
         }
     }
-    // The kills landed mid-run: some work was done, not all of it.
-    let before = srv.stats.completions.load(Ordering::SeqCst) as usize;
-    assert!(
-        before > 0 && before < 400,
-        "{before} requests answered before the final run"
-    );
+    // The kills landed mid-run: after most of them some work was done, not all of it.
+    assert!(mid_run >= 10, "only {mid_run} of {kills} kills landed mid-run");
     let out = Command::new(bin).args(args(false)).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows = read_dir_rows(&run.join("shards")).unwrap();
