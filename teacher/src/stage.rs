@@ -149,7 +149,9 @@ fn rows_for(
         .collect();
     let n = answers.len().max(1) as f32;
     let usage = got.response.usage.unwrap_or_default();
-    let per = |x: u32| x / answers.len().max(1) as u32;
+    // Usage is per request; split it over the samples, the remainder on sample 0, so rows sum to the total.
+    let k = answers.len().max(1) as u32;
+    let per = |x: u32, i: usize| x / k + if i == 0 { x % k } else { 0 };
     let phash = prompt_hash(&req.messages);
     let now = chrono::Utc::now().timestamp_millis();
     got.response
@@ -188,8 +190,8 @@ fn rows_for(
                 temperature: cfg.temperature,
                 max_tokens: cfg.max_tokens,
                 seed: cfg.seed,
-                prompt_tokens: per(usage.prompt_tokens),
-                completion_tokens: per(usage.completion_tokens),
+                prompt_tokens: per(usage.prompt_tokens, i),
+                completion_tokens: per(usage.completion_tokens, i),
                 latency_ms: got.latency_ms,
                 finish_reason: c.finish_reason.clone().unwrap_or_else(|| "unknown".into()),
                 created_at: now,
