@@ -232,7 +232,6 @@ fn problem(rng: &mut ChaCha8Rng, fam: &'static Family, min_steps: usize, max_ste
     let start = rng.random_range(5..=60);
     let mut cur = start;
     let mut sentences = vec![fill(fam.start, name, obj, start, 0)];
-    let mut solution = vec![format!("There are {start} {obj} at the start.")];
     let mut steps = Vec::with_capacity(n_steps);
     for _ in 0..n_steps {
         let (op, b) = next_step(rng, cur);
@@ -244,19 +243,24 @@ fn problem(rng: &mut ChaCha8Rng, fam: &'static Family, min_steps: usize, max_ste
             Op::Div => fam.div,
         };
         sentences.push(fill(template, name, obj, cur, b));
-        solution.push(step_sentence(op, obj, cur, b, next));
         steps.push((op, b));
         cur = next;
     }
     sentences.push(fill(fam.question, name, obj, start, 0));
-    solution.push(format!("So the answer is {cur}."));
+    let told = ParsedProblem {
+        family: fam.name,
+        object: obj.to_string(),
+        start,
+        steps: steps.clone(),
+    };
+    let solution = told.rationale(&steps).expect("next_step keeps values exact");
     ArithProblem {
         family: fam.name,
         start,
         steps,
         answer: cur,
         question: sentences.join(" "),
-        solution: solution.join(" "),
+        solution,
     }
 }
 
