@@ -16,11 +16,12 @@ use stepwise_teacher::ClientConfig;
 use stepwise_teacher::server::{self, ServerConfig};
 use stepwise_teacher::stage::{Price, TeachConfig, paths_in, teach};
 
-fn cpu_seconds() -> f64 {
+/// (user, system) CPU seconds of this process.
+fn cpu_seconds() -> (f64, f64) {
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
     let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(u.ru_utime) + t(u.ru_stime)
+    (t(u.ru_utime), t(u.ru_stime))
 }
 
 fn serve_child(latency_ms: u64) {
@@ -97,14 +98,18 @@ fn main() {
         };
         let (t, cpu0) = (Instant::now(), cpu_seconds());
         let s = rt.block_on(teach(&examples, cfg, &paths_in(dir.path()))).unwrap();
-        let (wall, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+        let cpu1 = cpu_seconds();
+        let (wall, user, sys) = (t.elapsed().as_secs_f64(), cpu1.0 - cpu0.0, cpu1.1 - cpu0.1);
+        let cpu = user + sys;
         assert_eq!(s.rows_written as usize, n);
         let bound = c as f64 / (latency_ms as f64 / 1000.0);
         let rps = n as f64 / wall;
         println!(
-            "stepwise  C={c:<4} {rps:8.1} req/s = {:5.1}% of C/L = {bound:.0};  client CPU {:.3} s per 1000 requests",
+            "stepwise  C={c:<4} {rps:8.1} req/s = {:5.1}% of C/L = {bound:.0};  client CPU {:.3} s per 1000 requests ({:.3} user, {:.3} system)",
             100.0 * rps / bound,
-            1000.0 * cpu / n as f64
+            1000.0 * cpu / n as f64,
+            1000.0 * user / n as f64,
+            1000.0 * sys / n as f64
         );
         let out = dir.path().join("py.jsonl");
         match Command::new(&py)
