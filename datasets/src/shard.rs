@@ -39,6 +39,10 @@ pub const KIND_KEY: &str = "stepwise.kind";
 pub const KIND: &str = "rationale_shard";
 pub const MANIFEST_FILE: &str = "_manifest.json";
 pub const JOURNAL_FILE: &str = "_pending.jsonl";
+/// The journal line that closes one [`ShardSet::append`]: rows before it are
+/// replayed only when it is there, so an append is all or nothing (all the
+/// samples of an example, or none).
+pub const JOURNAL_COMMIT: &str = "#commit";
 
 /// One teacher sample for one example.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -541,7 +545,7 @@ pub struct Recovery {
     pub replayed_rows: usize,
     /// Journaled rows already in a shard (crash between seal and journal truncation).
     pub duplicates_skipped: usize,
-    /// A half-written journal line from a kill mid-append (never acknowledged).
+    /// An append cut short by a kill (no commit line): never acknowledged, dropped whole.
     pub torn_tail: bool,
     /// Complete shards found on disk but missing from the manifest (crash before the manifest update).
     pub adopted_shards: usize,
@@ -565,7 +569,28 @@ impl ShardSet {
             )));
         }
         manifest.config_hash = config_hash.to_string();
-        let mut listed: HashSet<String> = manifest.shards.iter().map(|s| s.file.clone()).collect();
+        let mut keys = HashSet::new();
+        let sealed_keys = |path: &Path, keys: &mut HashSet<(String, u32)>| -> Result<usize> {
+            let ks = read_shard_keys(path)?;
+            let n = ks.len();
+            keys.extend(ks);
+            Ok(n)
+        };
+        for s in &manifest.shards {
+            let path = dir.join(&s.file);
+            if !path.exists() {
+                return Err(DataError::format(&path, "listed in _manifest.json but missing"));
+            }
+            let n = sealed_keys(&path, &mut keys)?;
+            if n as u64 != s.rows {
+                return Err(DataError::format(
+                    &path,
+                    format!("holds {n} rows but _manifest.json says {}", s.rows),
+                ));
+            }
+            rec.sealed_rows += n;
+        }
+        let listed: HashSet<String> = manifest.shards.iter().map(|s| s.file.clone()).collect();
         let mut next_index = 0;
         let mut names: Vec<String> = fs::read_dir(dir)
             .map_err(|e| DataError::io(dir, e))?
@@ -573,35 +598,20 @@ impl ShardSet {
             .collect();
         names.sort();
         for name in &names {
+            let path = dir.join(name);
             if name.starts_with('.') && name.ends_with(".tmp") {
-                fs::remove_file(dir.join(name)).map_err(|e| DataError::io(dir.join(name), e))?;
+                fs::remove_file(&path).map_err(|e| DataError::io(&path, e))?;
                 rec.removed_temporaries += 1;
             } else if let Some(i) = part_index(name) {
                 next_index = next_index.max(i + 1);
                 if !listed.contains(name) {
                     // Renamed into place but the manifest update did not happen: complete, so adopt it.
-                    let keys = read_shard_keys(&dir.join(name))?;
-                    manifest.shards.push(shard_info(&dir.join(name), keys.len())?);
-                    listed.insert(name.clone());
+                    let n = sealed_keys(&path, &mut keys)?;
+                    manifest.shards.push(shard_info(&path, n)?);
+                    rec.sealed_rows += n;
                     rec.adopted_shards += 1;
                 }
             }
-        }
-        let mut keys = HashSet::new();
-        for s in &manifest.shards {
-            let path = dir.join(&s.file);
-            if !path.exists() {
-                return Err(DataError::format(&path, "listed in _manifest.json but missing"));
-            }
-            let ks = read_shard_keys(&path)?;
-            if ks.len() as u64 != s.rows {
-                return Err(DataError::format(
-                    &path,
-                    format!("holds {} rows but _manifest.json says {}", ks.len(), s.rows),
-                ));
-            }
-            rec.sealed_rows += ks.len();
-            keys.extend(ks);
         }
         manifest.total_rows = manifest.shards.iter().map(|s| s.rows).sum();
         if rec.adopted_shards > 0 {
@@ -614,25 +624,35 @@ impl ShardSet {
             let text = String::from_utf8_lossy(&raw);
             let mut lines: Vec<&str> = text.split('\n').collect();
             // What follows the last newline is a line cut short by a kill mid-append.
-            rec.torn_tail = !lines.pop().unwrap_or("").is_empty();
+            let mut torn = !lines.pop().unwrap_or("").is_empty();
+            let mut group: Vec<RationaleRow> = Vec::new();
             for (i, line) in lines.iter().enumerate() {
+                if *line == JOURNAL_COMMIT {
+                    for row in group.drain(..) {
+                        if keys.insert(row.key()) {
+                            pending.push(row);
+                            rec.replayed_rows += 1;
+                        } else {
+                            rec.duplicates_skipped += 1;
+                        }
+                    }
+                    continue;
+                }
                 let row: RationaleRow = serde_json::from_str(line)
                     .map_err(|e| DataError::record(&journal_path, i + 1, format!("corrupt journal line: {e}")))?;
-                if keys.insert(row.key()) {
-                    pending.push(row);
-                    rec.replayed_rows += 1;
-                } else {
-                    rec.duplicates_skipped += 1;
-                }
+                group.push(row);
             }
+            // Complete rows of an append whose commit line never made it.
+            torn |= !group.is_empty();
+            rec.torn_tail = torn;
         }
         // Rewrite the journal with exactly the pending rows, atomically.
         let tmp = dir.join(format!(".{JOURNAL_FILE}.tmp"));
         {
             let mut f = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-            for r in &pending {
-                serde_json::to_writer(&mut f, r).map_err(|e| DataError::Invalid(e.to_string()))?;
-                f.write_all(b"\n").map_err(|e| DataError::io(&tmp, e))?;
+            if !pending.is_empty() {
+                f.write_all(&journal_group(&pending)?)
+                    .map_err(|e| DataError::io(&tmp, e))?;
             }
             f.sync_all().map_err(|e| DataError::io(&tmp, e))?;
         }
@@ -679,19 +699,12 @@ impl ShardSet {
     /// already written, and seals a shard when enough rows are pending.
     /// Returns the number of rows accepted.
     pub fn append(&mut self, rows: Vec<RationaleRow>) -> Result<usize> {
-        let mut buf = Vec::new();
-        let mut fresh = Vec::with_capacity(rows.len());
-        for r in rows {
-            if self.keys.insert(r.key()) {
-                serde_json::to_writer(&mut buf, &r).map_err(|e| DataError::Invalid(e.to_string()))?;
-                buf.push(b'\n');
-                fresh.push(r);
-            }
-        }
+        let fresh: Vec<RationaleRow> = rows.into_iter().filter(|r| self.keys.insert(r.key())).collect();
         let n = fresh.len();
         if n == 0 {
             return Ok(0);
         }
+        let buf = journal_group(&fresh)?;
         let jp = self.dir.join(JOURNAL_FILE);
         self.journal
             .write_all(&buf)
@@ -734,6 +747,18 @@ impl ShardSet {
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
+}
+
+/// Rows as journal lines, closed by [`JOURNAL_COMMIT`].
+fn journal_group(rows: &[RationaleRow]) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    for r in rows {
+        serde_json::to_writer(&mut buf, r).map_err(|e| DataError::Invalid(e.to_string()))?;
+        buf.push(b'\n');
+    }
+    buf.extend_from_slice(JOURNAL_COMMIT.as_bytes());
+    buf.push(b'\n');
+    Ok(buf)
 }
 
 /// Every row of every shard listed in `dir`'s manifest, in shard order.

@@ -4,7 +4,8 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
 use stepwise_datasets::shard::{
-    self, JOURNAL_FILE, MANIFEST_FILE, RationaleRow, ShardSet, read_dir_rows, read_shard, validate_dir, write_shard,
+    self, JOURNAL_COMMIT, JOURNAL_FILE, MANIFEST_FILE, RationaleRow, ShardSet, read_dir_rows, read_shard, validate_dir,
+    write_shard,
 };
 
 fn row(i: usize, sample: u32) -> RationaleRow {
@@ -121,6 +122,34 @@ fn a_row_torn_by_a_kill_mid_append_is_dropped_cleanly() {
 }
 
 #[test]
+fn an_append_cut_short_is_dropped_whole_so_an_example_never_has_some_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut set, _) = ShardSet::open(dir.path(), "cfg", 100).unwrap();
+        set.append(vec![row(0, 0), row(0, 1)]).unwrap();
+    }
+    // Killed while appending example 1's two samples: the first line is whole,
+    // the second is not, and the commit line never came.
+    let (a, b) = (
+        serde_json::to_string(&row(1, 0)).unwrap(),
+        serde_json::to_string(&row(1, 1)).unwrap(),
+    );
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join(JOURNAL_FILE))
+        .unwrap();
+    std::io::Write::write_all(&mut f, format!("{a}\n{b}\n").as_bytes()).unwrap();
+    drop(f);
+    let (set, rec) = ShardSet::open(dir.path(), "cfg", 100).unwrap();
+    assert!(rec.torn_tail);
+    assert_eq!(rec.replayed_rows, 2);
+    assert!(!set.contains("ex000001", 0) && !set.contains("ex000001", 1));
+    assert!(!set.example_ids().contains("ex000001"));
+    set.finish().unwrap();
+    assert_eq!(keys(&read_dir_rows(dir.path()).unwrap()), keys(&[row(0, 0), row(0, 1)]));
+}
+
+#[test]
 fn resume_after_a_kill_between_shards_adopts_the_shard_and_skips_journal_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let (mut set, _) = ShardSet::open(dir.path(), "cfg", 10).unwrap();
@@ -139,6 +168,7 @@ fn resume_after_a_kill_between_shards_adopts_the_shard_and_skips_journal_duplica
         j.extend(serde_json::to_vec(&r).unwrap());
         j.push(b'\n');
     }
+    j.extend(format!("{JOURNAL_COMMIT}\n").as_bytes());
     fs::write(dir.path().join(JOURNAL_FILE), j).unwrap();
     // And a half-written next shard under its temporary name.
     fs::write(dir.path().join(".part-00002.parquet.tmp"), b"PAR1 half").unwrap();
