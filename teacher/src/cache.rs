@@ -1,7 +1,7 @@
 //! Responses stored by the hash of the canonical request: a re-run never pays twice.
 
 use crate::error::TeacherError;
-use crate::protocol::{ChatRequest, ChatResponse};
+use crate::protocol::ChatResponse;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,10 +28,10 @@ impl ResponseCache {
         self.dir.join(&hash[..2]).join(format!("{hash}.json"))
     }
 
-    /// The cached response, if any. An unreadable entry (a torn write from
+    /// The cached response for the request with this [`crate::protocol::ChatRequest::hash`], if any. An unreadable entry (a torn write from
     /// before atomic renames, or disk trouble) counts as a miss and is logged.
-    pub fn get(&self, req: &ChatRequest) -> Option<CachedResponse> {
-        let p = self.path(&req.hash());
+    pub fn get(&self, hash: &str) -> Option<CachedResponse> {
+        let p = self.path(hash);
         let text = std::fs::read(&p).ok()?;
         match serde_json::from_slice(&text) {
             Ok(c) => Some(c),
@@ -42,8 +42,8 @@ impl ResponseCache {
         }
     }
 
-    pub fn put(&self, req: &ChatRequest, value: &CachedResponse) -> Result<(), TeacherError> {
-        let p = self.path(&req.hash());
+    pub fn put(&self, hash: &str, value: &CachedResponse) -> Result<(), TeacherError> {
+        let p = self.path(hash);
         let dir = p.parent().expect("cache entries live in a subdirectory");
         std::fs::create_dir_all(dir).map_err(|e| TeacherError::Io(dir.to_path_buf(), e))?;
         let tmp = p.with_extension("json.tmp");

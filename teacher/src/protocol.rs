@@ -35,7 +35,19 @@ fn one() -> u32 {
     1
 }
 
+/// Rough token count, four characters a token: the local server has no
+/// tokenizer, and a budget estimate needs only an upper-bound-ish guess
+/// (providers report exact counts in `usage`).
+pub fn approx_tokens(text: &str) -> u32 {
+    (text.len().min(u32::MAX as usize) as u32).div_ceil(4)
+}
+
 impl ChatRequest {
+    /// [`approx_tokens`] over every message.
+    pub fn approx_prompt_tokens(&self) -> u32 {
+        self.messages.iter().map(|m| approx_tokens(&m.content)).sum()
+    }
+
     /// The cache key: SHA-256 of the canonical JSON body (field order fixed by
     /// the struct; no credentials are part of it).
     pub fn hash(&self) -> String {

@@ -8,7 +8,7 @@
 //! garbage and truncated bodies) exercise clients over real HTTP.
 
 use crate::error::TeacherError;
-use crate::protocol::{ChatRequest, ChatResponse, Choice, Message, Usage};
+use crate::protocol::{ChatRequest, ChatResponse, Choice, Message, Usage, approx_tokens};
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -211,11 +211,6 @@ fn pick_fault(s: &AppState, n: u64) -> Fault {
     Fault::None
 }
 
-/// Rough token count (about four characters a token): the solver has no tokenizer.
-fn approx_tokens(s: &str) -> u32 {
-    (s.len() as u32).div_ceil(4)
-}
-
 async fn chat(State(s): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
     let n = s.stats.requests.fetch_add(1, Ordering::SeqCst);
     let req: ChatRequest = match serde_json::from_slice(&body) {
@@ -271,7 +266,7 @@ async fn chat(State(s): State<Arc<AppState>>, body: axum::body::Bytes) -> Respon
         .find(|m| m.role == "user")
         .map(|m| m.content.as_str())
         .unwrap_or("");
-    let prompt_tokens: u32 = req.messages.iter().map(|m| approx_tokens(&m.content)).sum();
+    let prompt_tokens = req.approx_prompt_tokens();
     let mut choices = Vec::with_capacity(req.n as usize);
     let mut completion_tokens = 0;
     for i in 0..req.n.max(1) {

@@ -86,11 +86,6 @@ pub struct Estimate {
     pub max_cost_usd: f64,
 }
 
-/// Rough prompt size, four characters a token (providers count exactly; this bounds the budget).
-fn approx_tokens(s: &str) -> u64 {
-    (s.len() as u64).div_ceil(4)
-}
-
 fn request(cfg: &TeachConfig, prompts: &Prompts, ex: &Example, hint: Option<&str>) -> (String, ChatRequest) {
     let (template, messages) = prompts.render(ex, hint);
     let req = ChatRequest {
@@ -113,14 +108,7 @@ pub fn estimate(
     let todo: Vec<&Example> = examples.iter().filter(|e| !done(&e.id)).collect();
     let prompt_tokens: u64 = todo
         .iter()
-        .map(|e| {
-            request(cfg, &prompts, e, None)
-                .1
-                .messages
-                .iter()
-                .map(|m| approx_tokens(&m.content))
-                .sum::<u64>()
-        })
+        .map(|e| request(cfg, &prompts, e, None).1.approx_prompt_tokens() as u64)
         .sum();
     let max_completion_tokens = todo.len() as u64 * cfg.max_tokens as u64 * cfg.n as u64;
     Ok(Estimate {
@@ -240,17 +228,17 @@ impl Shared {
 
     /// Cached or fetched response for `req`; `Ok((response, sent))`.
     async fn fetch(&self, req: &ChatRequest) -> Result<(CachedResponse, bool), TeacherError> {
-        if let Some(c) = self.cache.get(req) {
+        let hash = req.hash();
+        if let Some(c) = self.cache.get(&hash) {
             return Ok((c, false));
         }
-        let est =
-            req.messages.iter().map(|m| approx_tokens(&m.content)).sum::<u64>() + req.max_tokens as u64 * req.n as u64;
+        let est = req.approx_prompt_tokens() as u64 + req.max_tokens as u64 * req.n as u64;
         let done = self.client.complete(req, est.min(u32::MAX as u64) as u32).await?;
         let c = CachedResponse {
             response: done.response,
             latency_ms: done.latency_ms,
         };
-        self.cache.put(req, &c)?;
+        self.cache.put(&hash, &c)?;
         Ok((c, true))
     }
 
