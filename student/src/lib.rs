@@ -1,5 +1,33 @@
 //! # stepwise-student
 //!
-//! Not built yet (the student issue): differentiable Llama/Qwen2 and T5
-//! models in candle, the Distilling Step-by-Step trainer and generation. The
-//! crate exists so the workspace has its final shape; it exports nothing.
+//! Small students trained on a teacher's labels and rationales with candle.
+//!
+//! - [`llama`]: a decoder-only model of the Llama / Qwen2 family written for
+//!   training (every op carries a gradient; full-sequence logits; a KV cache
+//!   for generation; HF tensor names).
+//! - [`tokenizer`]: load `tokenizer.json`, or train a byte-level BPE in-process.
+//! - [`data`]: the `[label]` / `[rationale]` tasks, the baselines' data, the
+//!   seeded data order.
+//! - [`train`]: the Distilling Step-by-Step trainer (AdamW, schedule,
+//!   clipping, accumulation, log-spaced checkpoints, exact resume, best on
+//!   validation).
+//! - [`generate`]: batched greedy decoding.
+//! - [`device`]: CPU by default, CUDA with `--features cuda`, chosen at run time.
+
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod generate;
+pub mod llama;
+pub mod optim;
+pub mod params;
+pub mod student;
+pub mod tokenizer;
+pub mod train;
+
+pub use data::{StudyExample, Variant};
+pub use error::{Result, StudentError};
+pub use llama::Config;
+pub use student::Student;
+pub use tokenizer::StudentTokenizer;
+pub use train::{TrainConfig, TrainSummary, ValExample};

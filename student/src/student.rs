@@ -1,0 +1,101 @@
+//! A student on disk and in memory: an HF-style directory (`config.json`,
+//! `model.safetensors`, `tokenizer.json`) that `transformers` can load.
+
+use std::path::Path;
+
+use candle_core::Device;
+
+use crate::error::{Result, StudentError, io};
+use crate::llama::{Config, Llama};
+use crate::params::ParamStore;
+use crate::tokenizer::StudentTokenizer;
+
+pub struct Student {
+    pub config: Config,
+    pub params: ParamStore,
+    pub model: Llama,
+    pub tokenizer: StudentTokenizer,
+}
+
+impl Student {
+    /// Fresh weights from `config` (normal, std 0.02), fixed by `seed`.
+    pub fn from_scratch(
+        mut config: Config,
+        tokenizer: StudentTokenizer,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Student> {
+        config.vocab_size = tokenizer.vocab_size();
+        config.eos_token_id = Some(tokenizer.eos_id);
+        config.pad_token_id = Some(tokenizer.pad_id);
+        config.validate().map_err(StudentError::Config)?;
+        let params = ParamStore::init(&config.parameter_shapes(), 0.02, seed, device)?;
+        let model = Llama::new(&config, &params)?;
+        Ok(Student {
+            config,
+            params,
+            model,
+            tokenizer,
+        })
+    }
+
+    /// Loads an HF-style directory.
+    pub fn load_dir(dir: &Path, device: &Device) -> Result<Student> {
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?;
+        let config: Config = serde_json::from_str(&text).map_err(|e| StudentError::Format {
+            path: cfg_path.clone(),
+            msg: e.to_string(),
+        })?;
+        config.validate().map_err(|msg| StudentError::Format {
+            path: cfg_path.clone(),
+            msg,
+        })?;
+        let params = ParamStore::load(&dir.join("model.safetensors"), &config.parameter_shapes(), device)?;
+        let tokenizer = StudentTokenizer::load(&dir.join("tokenizer.json"))?;
+        let model = Llama::new(&config, &params)?;
+        Ok(Student {
+            config,
+            params,
+            model,
+            tokenizer,
+        })
+    }
+
+    /// Writes the directory under a temporary name and renames it into place,
+    /// so a reader never sees half a model.
+    pub fn save_dir(&self, dir: &Path) -> Result<()> {
+        let tmp = dir.with_extension("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        self.write_files(&tmp)?;
+        replace_dir(&tmp, dir)
+    }
+
+    /// The three files, into an existing directory.
+    pub fn write_files(&self, dir: &Path) -> Result<()> {
+        let cfg = serde_json::to_string_pretty(&self.config).expect("config serialises");
+        let p = dir.join("config.json");
+        std::fs::write(&p, cfg).map_err(io(&p))?;
+        self.params.save(&dir.join("model.safetensors"))?;
+        self.tokenizer.save(&dir.join("tokenizer.json"))
+    }
+
+    /// Copies weights from another parameter set of the same shapes.
+    pub fn set_params_from(&self, other: &ParamStore) -> Result<()> {
+        for (name, var) in self.params.vars() {
+            var.set(&other.get(name)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Renames `from` over `to`, removing an old `to` first.
+pub(crate) fn replace_dir(from: &Path, to: &Path) -> Result<()> {
+    if to.exists() {
+        std::fs::remove_dir_all(to).map_err(io(to))?;
+    }
+    std::fs::rename(from, to).map_err(io(to))
+}

@@ -1,0 +1,559 @@
+//! The Distilling Step-by-Step trainer.
+//!
+//! loss = α·L_label + (1-α)·L_rationale over target tokens only; AdamW with
+//! warm-up + cosine, global-norm clipping and gradient accumulation; the data
+//! order is a function of (seed, step), and a checkpoint holds weights,
+//! optimizer moments and trainer state, so resuming continues exactly.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{D, DType, Tensor};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use stepwise_datasets::LabelKind;
+use stepwise_datasets::answer::labels_match;
+
+use crate::data::{DataOrder, Sequence, StudyExample, Task, prompt, tokenize};
+use crate::error::{Result, StudentError, io};
+use crate::generate::generate;
+use crate::optim::{AdamW, AdamWConfig, Grads, clip_global_norm, lr_at};
+use crate::params::{Dropout, ParamStore};
+use crate::student::{Student, replace_dir};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Optimizer updates.
+    pub steps: u64,
+    /// Examples per micro-batch (each gives one sequence per task).
+    pub batch_size: usize,
+    /// Micro-batches summed per update.
+    pub grad_accum: usize,
+    pub optimizer: AdamWConfig,
+    pub warmup_steps: u64,
+    /// The cosine ends at `lr * min_lr_ratio`.
+    pub min_lr_ratio: f64,
+    /// Global gradient norm cap; 0 turns clipping off.
+    pub clip_norm: f64,
+    /// Weight of the label loss; the rationale loss gets 1 - alpha.
+    pub alpha: f64,
+    pub seed: u64,
+    /// Tokens per sequence; prompts are cut from the left to fit.
+    pub max_len: usize,
+    /// Validate every this many steps (and at the last step).
+    pub eval_every: u64,
+    /// After the log-spaced checkpoints 1, 2, 4, ..., 512: every this many steps.
+    pub checkpoint_every: u64,
+    /// Warn once training has seen each unique example more than this many times.
+    pub max_repeats: f64,
+    pub dropout: f32,
+    /// Dropout is off before this step.
+    pub dropout_from_step: u64,
+    /// Tokens generated for a validation answer.
+    pub answer_tokens: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 300,
+            batch_size: 16,
+            grad_accum: 1,
+            optimizer: AdamWConfig::default(),
+            warmup_steps: 20,
+            min_lr_ratio: 0.1,
+            clip_norm: 1.0,
+            alpha: 0.5,
+            seed: 0,
+            max_len: 256,
+            eval_every: 100,
+            checkpoint_every: 1000,
+            max_repeats: 16.0,
+            dropout: 0.0,
+            dropout_from_step: 0,
+            answer_tokens: 12,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(StudentError::Config(m.to_string()));
+        if self.steps == 0 {
+            return bad("steps must be at least 1");
+        }
+        if self.batch_size == 0 || self.grad_accum == 0 {
+            return bad("batch_size and grad_accum must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return bad("alpha must be in [0, 1]");
+        }
+        if !(0.0..1.0).contains(&(self.dropout as f64)) {
+            return bad("dropout must be in [0, 1)");
+        }
+        if self.max_len < 16 {
+            return bad("max_len must be at least 16");
+        }
+        Ok(())
+    }
+
+    /// Identifies the run a checkpoint belongs to; a resume with another
+    /// config is refused rather than silently mixed.
+    pub fn hash(&self) -> String {
+        hex::encode(&Sha256::digest(serde_json::to_vec(self).expect("config serialises"))[..8])
+    }
+
+    /// True when a checkpoint is written after `step`.
+    pub fn is_checkpoint_step(&self, step: u64) -> bool {
+        step == self.steps
+            || (step <= 512 && step.is_power_of_two())
+            || (step > 512 && step % self.checkpoint_every.max(1) == 0)
+    }
+}
+
+/// A validation example: the gold (or reference) label and how to match it.
+#[derive(Debug, Clone)]
+pub struct ValExample {
+    pub input: String,
+    pub label: String,
+    pub kind: LabelKind,
+    pub choices: Option<Vec<String>>,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogLine {
+    pub step: u64,
+    pub kind: String,
+    pub lr: Option<f64>,
+    pub loss: f64,
+    pub label_loss: Option<f64>,
+    pub rationale_loss: Option<f64>,
+    pub grad_norm: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub tokens: Option<u64>,
+    pub epochs: Option<f64>,
+}
+
+/// State a checkpoint carries besides weights and moments.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    pub step: u64,
+    pub config_hash: String,
+    pub best_step: Option<u64>,
+    pub best_accuracy: Option<f64>,
+    pub best_val_loss: Option<f64>,
+    pub warned_repeats: bool,
+    pub tokens_seen: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    pub steps: u64,
+    pub resumed_from: Option<u64>,
+    pub best_step: Option<u64>,
+    pub best_accuracy: Option<f64>,
+    pub final_train_loss: f64,
+    pub epochs: f64,
+    pub tokens: u64,
+    pub seconds: f64,
+    pub tokens_per_second: f64,
+    pub parameters: usize,
+}
+
+/// Checkpoint directory for `step`.
+pub fn checkpoint_dir(out: &Path, step: u64) -> PathBuf {
+    out.join("checkpoints").join(format!("step-{step:08}"))
+}
+
+/// The latest complete checkpoint's step, if any.
+pub fn latest_checkpoint(out: &Path) -> Result<Option<u64>> {
+    let dir = out.join("checkpoints");
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let mut best = None;
+    for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
+        let e = e.map_err(io(&dir))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(n) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok())
+            && e.path().join("trainer_state.json").exists()
+        {
+            best = best.max(Some(n));
+        }
+    }
+    Ok(best)
+}
+
+/// Trains `student` in `out` (resuming from its latest checkpoint, if any)
+/// and writes the best-on-validation model to `out/final`.
+pub fn train(
+    out: &Path,
+    student: &mut Student,
+    cfg: &TrainConfig,
+    train_set: &[StudyExample],
+    val_set: &[ValExample],
+    dtype: DType,
+    mut on_step: impl FnMut(&LogLine),
+) -> Result<TrainSummary> {
+    cfg.validate()?;
+    if train_set.is_empty() {
+        return Err(StudentError::Config("the training set is empty".into()));
+    }
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let seqs = tokenize(train_set, &student.tokenizer, cfg.max_len)?;
+    let val_seqs = tokenize(
+        &val_set
+            .iter()
+            .map(|v| StudyExample {
+                id: String::new(),
+                input: v.input.clone(),
+                label: v.label.clone(),
+                rationale: None,
+            })
+            .collect::<Vec<_>>(),
+        &student.tokenizer,
+        cfg.max_len,
+    )?;
+    let mut opt = AdamW::new(cfg.optimizer.clone(), &student.params);
+    let mut state = TrainerState {
+        step: 0,
+        config_hash: cfg.hash(),
+        best_step: None,
+        best_accuracy: None,
+        best_val_loss: None,
+        warned_repeats: false,
+        tokens_seen: 0,
+    };
+    let resumed_from = latest_checkpoint(out)?;
+    if let Some(step) = resumed_from {
+        let dir = checkpoint_dir(out, step);
+        let sp = dir.join("trainer_state.json");
+        let text = std::fs::read_to_string(&sp).map_err(io(&sp))?;
+        let saved: TrainerState = serde_json::from_str(&text).map_err(|e| StudentError::Format {
+            path: sp.clone(),
+            msg: e.to_string(),
+        })?;
+        if saved.config_hash != state.config_hash {
+            return Err(StudentError::Config(format!(
+                "{} was written by a different training config (hash {} against {}); use a new output directory",
+                dir.display(),
+                saved.config_hash,
+                state.config_hash
+            )));
+        }
+        let loaded = ParamStore::load(
+            &dir.join("model.safetensors"),
+            &student.config.parameter_shapes(),
+            student.params.device(),
+        )?;
+        student.set_params_from(&loaded)?;
+        opt = AdamW::load(
+            cfg.optimizer.clone(),
+            &dir.join("optimizer.safetensors"),
+            &student.params,
+        )?;
+        state = saved;
+        tracing::info!(step, dir = %dir.display(), "resuming from checkpoint");
+    }
+    let log_path = out.join("metrics.jsonl");
+    truncate_log(&log_path, state.step)?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io(&log_path))?;
+    let mut write_log = |line: &LogLine| -> Result<()> {
+        writeln!(log, "{}", serde_json::to_string(line).expect("log line serialises")).map_err(io(&log_path))
+    };
+
+    let mut order = DataOrder::new(seqs.len(), cfg.seed);
+    let started = Instant::now();
+    let tokens_at_start = state.tokens_seen;
+    let mut last_loss = f64::NAN;
+    for step in state.step + 1..=cfg.steps {
+        let lr = lr_at(step, cfg.optimizer.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio);
+        let mut grads: Grads = Grads::new();
+        let (mut loss_sum, mut label_sum, mut rat_sum, mut rat_n) = (0.0, 0.0, 0.0, 0);
+        for micro in 0..cfg.grad_accum {
+            let base = ((step - 1) * cfg.grad_accum as u64 + micro as u64) * cfg.batch_size as u64;
+            let batch: Vec<&Sequence> = (0..cfg.batch_size as u64)
+                .flat_map(|k| seqs[order.at(base + k)].iter())
+                .collect();
+            state.tokens_seen += batch.iter().map(|s| s.ids.len() as u64).sum::<u64>();
+            let mut dropout = (cfg.dropout > 0.0 && step >= cfg.dropout_from_step)
+                .then(|| Dropout::new(cfg.dropout, cfg.seed ^ (step << 8) ^ micro as u64 ^ 0xD0));
+            let losses = batch_loss(student, &batch, cfg.alpha, dropout.as_mut(), dtype)?;
+            let scaled = (&losses.total / cfg.grad_accum as f64)?;
+            let g = scaled.backward()?;
+            for (name, var) in student.params.vars() {
+                if let Some(gt) = g.get(var.as_tensor()) {
+                    let v: Vec<f32> = gt.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                    match grads.get_mut(name) {
+                        Some(acc) => acc.iter_mut().zip(v).for_each(|(a, b)| *a += b),
+                        None => {
+                            grads.insert(name.clone(), v);
+                        }
+                    }
+                }
+            }
+            loss_sum += losses.total.to_scalar::<f32>()? as f64;
+            label_sum += losses.label;
+            if let Some(r) = losses.rationale {
+                rat_sum += r;
+                rat_n += 1;
+            }
+        }
+        let grad_norm = clip_global_norm(&mut grads, cfg.clip_norm);
+        opt.step(&student.params, &grads, lr)?;
+        let k = cfg.grad_accum as f64;
+        last_loss = loss_sum / k;
+        let epochs = (step * (cfg.grad_accum * cfg.batch_size) as u64) as f64 / seqs.len() as f64;
+        if epochs > cfg.max_repeats && !state.warned_repeats {
+            state.warned_repeats = true;
+            tracing::warn!(
+                epochs,
+                unique = seqs.len(),
+                "each training example has now been seen more than {} times; repeated data degrades (Xue et al. 2023)",
+                cfg.max_repeats
+            );
+        }
+        let line = LogLine {
+            step,
+            kind: "train".into(),
+            lr: Some(lr),
+            loss: last_loss,
+            label_loss: Some(label_sum / k),
+            rationale_loss: (rat_n > 0).then(|| rat_sum / rat_n as f64),
+            grad_norm: Some(grad_norm),
+            accuracy: None,
+            tokens: Some(state.tokens_seen),
+            epochs: Some(epochs),
+        };
+        write_log(&line)?;
+        on_step(&line);
+        state.step = step;
+
+        if !val_set.is_empty() && (step % cfg.eval_every.max(1) == 0 || step == cfg.steps) {
+            let (val_loss, acc) = validate(student, cfg, &val_seqs, val_set, dtype)?;
+            let line = LogLine {
+                step,
+                kind: "val".into(),
+                lr: None,
+                loss: val_loss,
+                label_loss: Some(val_loss),
+                rationale_loss: None,
+                grad_norm: None,
+                accuracy: Some(acc),
+                tokens: None,
+                epochs: None,
+            };
+            write_log(&line)?;
+            on_step(&line);
+            let better = match (state.best_accuracy, state.best_val_loss) {
+                (Some(a), Some(l)) => acc > a || (acc == a && val_loss < l),
+                _ => true,
+            };
+            if better {
+                state.best_step = Some(step);
+                state.best_accuracy = Some(acc);
+                state.best_val_loss = Some(val_loss);
+                student.save_dir(&out.join("best"))?;
+            }
+        }
+        if cfg.is_checkpoint_step(step) {
+            save_checkpoint(out, student, &opt, &state)?;
+        }
+    }
+    let final_dir = out.join("final");
+    if out.join("best").exists() {
+        copy_dir(&out.join("best"), &final_dir)?;
+    } else {
+        student.save_dir(&final_dir)?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let tokens = state.tokens_seen - tokens_at_start;
+    let summary = TrainSummary {
+        steps: cfg.steps,
+        resumed_from,
+        best_step: state.best_step,
+        best_accuracy: state.best_accuracy,
+        final_train_loss: last_loss,
+        epochs: (cfg.steps * (cfg.grad_accum * cfg.batch_size) as u64) as f64 / seqs.len() as f64,
+        tokens: state.tokens_seen,
+        seconds,
+        tokens_per_second: tokens as f64 / seconds.max(1e-9),
+        parameters: student.params.num_parameters(),
+    };
+    Ok(summary)
+}
+
+/// Losses of one micro-batch.
+pub struct BatchLoss {
+    /// α·label + (1-α)·rationale, differentiable.
+    pub total: Tensor,
+    pub label: f64,
+    pub rationale: Option<f64>,
+}
+
+/// Teacher-forced loss of `batch`, target tokens only, averaged per task.
+pub fn batch_loss(
+    student: &Student,
+    batch: &[&Sequence],
+    alpha: f64,
+    dropout: Option<&mut Dropout>,
+    dtype: DType,
+) -> Result<BatchLoss> {
+    let dev = student.params.device().clone();
+    let n = batch.len();
+    let t = batch.iter().map(|s| s.ids.len() - 1).max().unwrap_or(1).max(1);
+    let mut ids = vec![student.tokenizer.pad_id; n * t];
+    let mut targets = vec![0u32; n * t];
+    let mut w_label = vec![0f32; n * t];
+    let mut w_rat = vec![0f32; n * t];
+    let mut lengths = Vec::with_capacity(n);
+    for (r, s) in batch.iter().enumerate() {
+        let len = s.ids.len() - 1;
+        lengths.push(len);
+        ids[r * t..r * t + len].copy_from_slice(&s.ids[..len]);
+        targets[r * t..r * t + len].copy_from_slice(&s.ids[1..]);
+        let w = if s.task == Task::Label {
+            &mut w_label
+        } else {
+            &mut w_rat
+        };
+        // Position j predicts token j+1: a target token when j+1 >= target_start.
+        for j in s.target_start.saturating_sub(1)..len {
+            w[r * t + j] = 1.0;
+        }
+    }
+    let ids = Tensor::from_vec(ids, (n, t), &dev)?;
+    let logits = student.model.forward_train(&ids, &lengths, dropout, dtype)?;
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let targets = Tensor::from_vec(targets, (n, t, 1), &dev)?;
+    let nll = logp.gather(&targets, D::Minus1)?.squeeze(D::Minus1)?.neg()?;
+    let masked_mean = |w: Vec<f32>| -> Result<Option<Tensor>> {
+        let count: f32 = w.iter().sum();
+        if count == 0.0 {
+            return Ok(None);
+        }
+        let w = Tensor::from_vec(w, (n, t), &dev)?;
+        Ok(Some(((&nll * w)?.sum_all()? / count as f64)?))
+    };
+    let label = masked_mean(w_label)?;
+    let rat = masked_mean(w_rat)?;
+    let total = match (&label, &rat) {
+        (Some(l), Some(r)) => ((l * alpha)? + (r * (1.0 - alpha))?)?,
+        (Some(l), None) => l.clone(),
+        (None, Some(r)) => r.clone(),
+        (None, None) => return Err(StudentError::Config("a batch with no target tokens".into())),
+    };
+    let scalar = |x: &Option<Tensor>| -> Result<Option<f64>> {
+        Ok(match x {
+            Some(t) => Some(t.to_scalar::<f32>()? as f64),
+            None => None,
+        })
+    };
+    Ok(BatchLoss {
+        label: scalar(&label)?.unwrap_or(0.0),
+        rationale: scalar(&rat)?,
+        total,
+    })
+}
+
+/// Label-task loss and answer accuracy on the validation set.
+fn validate(
+    student: &Student,
+    cfg: &TrainConfig,
+    val_seqs: &[Vec<Sequence>],
+    val_set: &[ValExample],
+    dtype: DType,
+) -> Result<(f64, f64)> {
+    let mut loss = 0.0;
+    let mut batches = 0;
+    let flat: Vec<&Sequence> = val_seqs.iter().map(|s| &s[0]).collect();
+    for chunk in flat.chunks(cfg.batch_size * 2) {
+        loss += batch_loss(student, chunk, 1.0, None, dtype)?.total.to_scalar::<f32>()? as f64;
+        batches += 1;
+    }
+    let prompts: Vec<String> = val_set.iter().map(|v| prompt(Task::Label, &v.input)).collect();
+    let outs = generate(
+        &student.model,
+        &student.tokenizer,
+        &prompts,
+        cfg.answer_tokens,
+        cfg.batch_size * 4,
+        dtype,
+    )?;
+    let correct = val_set
+        .iter()
+        .zip(&outs)
+        .filter(|(v, o)| labels_match(v.kind, o.trim(), &v.label, v.choices.as_deref()))
+        .count();
+    Ok((
+        loss / batches.max(1) as f64,
+        correct as f64 / val_set.len().max(1) as f64,
+    ))
+}
+
+fn save_checkpoint(out: &Path, student: &Student, opt: &AdamW, state: &TrainerState) -> Result<()> {
+    let dir = checkpoint_dir(out, state.step);
+    let tmp = dir.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    student.write_files(&tmp)?;
+    opt.save(&tmp.join("optimizer.safetensors"), &student.params)?;
+    let sp = tmp.join("trainer_state.json");
+    std::fs::write(&sp, serde_json::to_string_pretty(state).expect("state serialises")).map_err(io(&sp))?;
+    replace_dir(&tmp, &dir)
+}
+
+/// Keeps log lines up to `step`, dropping those a killed run wrote after its
+/// last checkpoint (they will be written again, identically).
+fn truncate_log(path: &Path, step: u64) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<LogLine>(l)
+                .map(|x| x.step <= step)
+                .unwrap_or(false)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(path, kept).map_err(io(path))
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    let tmp = to.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    for e in std::fs::read_dir(from).map_err(io(from))? {
+        let e = e.map_err(io(from))?;
+        std::fs::copy(e.path(), tmp.join(e.file_name())).map_err(io(&e.path()))?;
+    }
+    replace_dir(&tmp, to)
+}
+
+/// Reads `metrics.jsonl`.
+pub fn read_log(path: &Path) -> Result<Vec<LogLine>> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| StudentError::Format {
+                path: path.to_path_buf(),
+                msg: format!("line {}: {e}", i + 1),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,180 @@
+//! Finite differences against autograd, in f64, for every module the student
+//! is built from and for whole models: a silent no-gradient op (as candle's
+//! fused RmsNorm, softmax_last_dim and rope are) fails here.
+
+use candle_core::{D, DType, Device, Result, Tensor, Var};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use stepwise_student::llama::{Config, Llama, causal_mask, linear, rms_norm, rope};
+use stepwise_student::params::ParamStore;
+
+fn rand_tensor(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn var(shape: &[usize], seed: u64) -> Var {
+    Var::from_tensor(&rand_tensor(shape, seed)).unwrap()
+}
+
+/// Checks d f / d v at `samples` entries of each var by central differences.
+/// Returns the largest relative error seen.
+fn check(vars: &[(&str, &Var)], f: &dyn Fn() -> Result<Tensor>, samples: usize) -> f64 {
+    let loss = f().unwrap();
+    let grads = loss.backward().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut worst: f64 = 0.0;
+    for (name, v) in vars {
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
+        let g: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
+        let base: Vec<f64> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        for _ in 0..samples {
+            let i = rng.random_range(0..base.len());
+            let h = 1e-5;
+            let eval = |delta: f64| {
+                let mut p = base.clone();
+                p[i] += delta;
+                v.set(&Tensor::from_vec(p, v.shape(), &Device::Cpu).unwrap()).unwrap();
+                f().unwrap().to_scalar::<f64>().unwrap()
+            };
+            let numeric = (eval(h) - eval(-h)) / (2.0 * h);
+            v.set(&Tensor::from_vec(base.clone(), v.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+            let err = (g[i] - numeric).abs() / (g[i].abs() + numeric.abs()).max(1e-7);
+            assert!(
+                err < 1e-3,
+                "{name}[{i}]: autograd {} against finite differences {numeric} (rel err {err:.2e})",
+                g[i]
+            );
+            worst = worst.max(err);
+        }
+    }
+    worst
+}
+
+/// A scalar from `y` that weights every output differently.
+fn project(y: &Tensor, seed: u64) -> Result<Tensor> {
+    (y * rand_tensor(y.dims(), seed))?.sum_all()
+}
+
+#[test]
+fn rms_norm_gradients_match_finite_differences() {
+    let x = var(&[2, 3, 8], 1);
+    let w = var(&[8], 2);
+    check(
+        &[("x", &x), ("weight", &w)],
+        &|| project(&rms_norm(x.as_tensor(), w.as_tensor(), 1e-5)?, 3),
+        12,
+    );
+}
+
+#[test]
+fn rotary_embedding_gradients_match_finite_differences() {
+    let x = var(&[2, 2, 5, 8], 4);
+    let cos = rand_tensor(&[2, 1, 5, 8], 5);
+    let sin = rand_tensor(&[2, 1, 5, 8], 6);
+    check(&[("x", &x)], &|| project(&rope(x.as_tensor(), &cos, &sin)?, 7), 12);
+}
+
+#[test]
+fn linear_gradients_match_finite_differences() {
+    let x = var(&[2, 3, 6], 8);
+    let w = var(&[4, 6], 9);
+    let b = var(&[4], 10);
+    check(
+        &[("x", &x), ("weight", &w), ("bias", &b)],
+        &|| project(&linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()))?, 11),
+        12,
+    );
+}
+
+#[test]
+fn softmax_silu_and_cross_entropy_gradients_match_finite_differences() {
+    let x = var(&[3, 7], 12);
+    check(
+        &[("softmax", &x)],
+        &|| project(&candle_nn::ops::softmax(x.as_tensor(), D::Minus1)?, 13),
+        10,
+    );
+    check(
+        &[("silu", &x)],
+        &|| project(&candle_nn::ops::silu(x.as_tensor())?, 14),
+        10,
+    );
+    let targets = Tensor::new(&[[2u32], [0], [6]], &Device::Cpu).unwrap();
+    check(
+        &[("log_softmax+gather", &x)],
+        &|| {
+            candle_nn::ops::log_softmax(x.as_tensor(), D::Minus1)?
+                .gather(&targets, D::Minus1)?
+                .sum_all()?
+                .neg()
+        },
+        10,
+    );
+}
+
+/// Every parameter of a whole model, with padding, grouped-query attention
+/// and (for qwen2) q/k/v biases: each gets a gradient, and it is right.
+fn whole_model(model_type: &str) {
+    let mut cfg = Config::tiny(23, 16, 2, 4, 2);
+    cfg.model_type = model_type.into();
+    cfg.intermediate_size = 24;
+    cfg.tie_word_embeddings = model_type == "llama";
+    cfg.max_position_embeddings = 16;
+    let params = ParamStore::init(&cfg.parameter_shapes(), 0.3, 1, &Device::Cpu)
+        .unwrap()
+        .cast(DType::F64)
+        .unwrap();
+    // Non-trivial norm weights and biases, so their gradients are not special cases.
+    for (name, v) in params.vars() {
+        if v.rank() == 1 {
+            v.set(&rand_tensor(v.dims(), name.len() as u64).affine(0.5, 1.0).unwrap())
+                .unwrap();
+        }
+    }
+    let model = Llama::new(&cfg, &params).unwrap();
+    let ids = Tensor::new(&[[1u32, 5, 7, 2, 9], [3, 4, 0, 0, 0]], &Device::Cpu).unwrap();
+    let lengths = [5, 2];
+    let _ = causal_mask(&lengths, 5, &Device::Cpu).unwrap();
+    let f = || {
+        let logits = model.forward_train(&ids, &lengths, None, DType::F64)?;
+        // Only real positions count, as in training.
+        let keep = Tensor::new(&[[1f64; 5], [1., 1., 0., 0., 0.]], &Device::Cpu)?.unsqueeze(2)?;
+        project(&logits.broadcast_mul(&keep)?, 99)
+    };
+    let names: Vec<(String, Var)> = params.vars().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let refs: Vec<(&str, &Var)> = names.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let loss = f().unwrap();
+    let grads = loss.backward().unwrap();
+    let mut without = Vec::new();
+    for (name, v) in &refs {
+        let nonzero = grads
+            .get(v.as_tensor())
+            .map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap() > 0.0)
+            .unwrap_or(false);
+        if !nonzero {
+            without.push(name.to_string());
+        }
+    }
+    assert!(without.is_empty(), "parameters with no gradient: {without:?}");
+    let worst = check(&refs, &f, 3);
+    eprintln!(
+        "{model_type}: {} parameters checked, worst relative error {worst:.2e}",
+        refs.len()
+    );
+}
+
+#[test]
+fn every_llama_parameter_gets_the_right_gradient() {
+    whole_model("llama");
+}
+
+#[test]
+fn every_qwen2_parameter_gets_the_right_gradient() {
+    whole_model("qwen2");
+}
