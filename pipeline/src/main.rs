@@ -1,7 +1,12 @@
 //! The `stepwise` command line.
 
+mod checks;
+mod config;
 mod data_cmd;
+mod report;
+mod run_cmd;
 mod shards_cmd;
+mod stages;
 mod teach_cmd;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +28,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run every stage (data, teach, train, eval, report) into one run directory.
+    Run(run_cmd::RunArgs),
+    /// Write a commented example stepwise.toml.
+    Init {
+        /// Where to write it (default: ./stepwise.toml).
+        path: Option<std::path::PathBuf>,
+    },
     /// Generate, import, split and inspect examples.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
@@ -34,6 +46,14 @@ enum Command {
     /// Run or probe a teacher.
     #[command(subcommand)]
     Teacher(teach_cmd::TeacherCommand),
+    /// Train the run's students (all variants, or one).
+    Train(run_cmd::TrainArgs),
+    /// Evaluate every student, the untrained one and the teacher on the test splits.
+    Eval(run_cmd::StageArgs),
+    /// Compute the checks and write report.md, report.html and metrics.json.
+    Report(run_cmd::StageArgs),
+    /// Generate with a trained student.
+    Generate(run_cmd::GenerateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +68,12 @@ fn main() -> anyhow::Result<()> {
         fmt.init();
     }
     match cli.command {
+        Command::Run(a) => run_cmd::run(a),
+        Command::Init { path } => run_cmd::init(path),
+        Command::Train(a) => run_cmd::train(a),
+        Command::Eval(a) => run_cmd::eval(a),
+        Command::Report(a) => run_cmd::report(a),
+        Command::Generate(a) => run_cmd::generate(a),
         Command::Data(c) => data_cmd::run(c),
         Command::Shards(c) => shards_cmd::run(c),
         Command::Teach(a) => teach_cmd::run_teach(a),

@@ -15,6 +15,7 @@ use crate::error::{Result, StudentError};
 use crate::params::ParamStore;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AdamWConfig {
     pub lr: f64,
     pub beta1: f64,

@@ -23,7 +23,7 @@ use crate::params::{Dropout, ParamStore};
 use crate::student::{Student, replace_dir};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
     /// Optimizer updates.
     pub steps: u64,
@@ -58,10 +58,13 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            steps: 300,
+            steps: 400,
             batch_size: 16,
             grad_accum: 1,
-            optimizer: AdamWConfig::default(),
+            optimizer: AdamWConfig {
+                lr: 3e-3,
+                ..AdamWConfig::default()
+            },
             warmup_steps: 20,
             min_lr_ratio: 0.1,
             clip_norm: 1.0,
@@ -73,7 +76,7 @@ impl Default for TrainConfig {
             max_repeats: 16.0,
             dropout: 0.0,
             dropout_from_step: 0,
-            answer_tokens: 12,
+            answer_tokens: 8,
         }
     }
 }

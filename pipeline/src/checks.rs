@@ -1,0 +1,573 @@
+//! Did the student learn the teacher's knowledge, or only its style?
+//! (DESIGN.md section 6.) Everything here is computed from the stored
+//! predictions, so the checks can be re-run without the models.
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use stepwise_datasets::Example;
+use stepwise_datasets::answer::{extract_answer, labels_match};
+use stepwise_datasets::arith::check_solution;
+use stepwise_datasets::shard::RationaleRow;
+
+use crate::stages::Prediction;
+
+/// A point estimate with a bootstrap 95% interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    pub value: f64,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+impl std::fmt::Display for Interval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.3} [{:.3}, {:.3}]", self.value, self.lo, self.hi)
+    }
+}
+
+/// Percentile bootstrap of mean(a) - mean(b) (b empty: of mean(a)), with
+/// the same resampled examples for both (a paired comparison).
+pub fn bootstrap(a: &[bool], b: Option<&[bool]>, samples: usize, seed: u64) -> Interval {
+    let n = a.len();
+    let mean = |xs: &[bool]| xs.iter().filter(|&&x| x).count() as f64 / xs.len().max(1) as f64;
+    let value = mean(a) - b.map(mean).unwrap_or(0.0);
+    if n == 0 {
+        return Interval {
+            value,
+            lo: value,
+            hi: value,
+        };
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut stats: Vec<f64> = (0..samples.max(1))
+        .map(|_| {
+            let mut d = 0i64;
+            for _ in 0..n {
+                let i = rng.random_range(0..n);
+                d += a[i] as i64 - b.map(|b| b[i] as i64).unwrap_or(0);
+            }
+            d as f64 / n as f64
+        })
+        .collect();
+    stats.sort_by(|x, y| x.total_cmp(y));
+    let q = |p: f64| stats[((stats.len() - 1) as f64 * p).round() as usize];
+    Interval {
+        value,
+        lo: q(0.025),
+        hi: q(0.975),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Score {
+    pub model: String,
+    pub split: String,
+    pub n: usize,
+    pub accuracy: Interval,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Style {
+    pub n: usize,
+    /// Share of rationales in the teacher's format (they state "the answer is ...").
+    pub format_adherence: f64,
+    /// Mean unigram F1 between the model's and the teacher's rationale on the same input.
+    pub unigram_overlap: f64,
+    /// Pearson correlation of the two rationales' lengths in words.
+    pub length_correlation: f64,
+    /// Mean length of the model's rationales over the teacher's.
+    pub length_ratio: f64,
+}
+
+impl Style {
+    /// Converged on the teacher's style: its format, much of its wording, its length.
+    pub fn converged(&self) -> bool {
+        self.format_adherence >= 0.8 && self.unigram_overlap >= 0.5 && (0.67..=1.5).contains(&self.length_ratio)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Faithfulness {
+    pub n: usize,
+    /// Share whose answer (to the label prompt) equals the conclusion of its own rationale.
+    pub answer_follows_rationale: f64,
+    /// Arithmetic: share whose every step re-evaluates correctly, chains, and ends in the stated answer.
+    pub steps_valid: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Contamination {
+    pub test_inputs: usize,
+    /// Test inputs that appear verbatim among training inputs.
+    pub exact_duplicates: usize,
+    /// Test examples whose id is among the rows trained on (must be 0).
+    pub leaked_ids: usize,
+    /// Share of test inputs sharing at least one word 13-gram with training inputs or rationales.
+    pub ngram13_overlap: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictKind {
+    KnowledgeTransfer,
+    StyleOnlyImitation,
+    NoTransfer,
+}
+
+impl VerdictKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerdictKind::KnowledgeTransfer => "knowledge transfer",
+            VerdictKind::StyleOnlyImitation => "style-only imitation",
+            VerdictKind::NoTransfer => "no transfer",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Verdict {
+    pub kind: VerdictKind,
+    /// The student judged, and the held-out split it was judged on.
+    pub student: String,
+    pub split: String,
+    /// The stronger of the untrained student and the majority answer.
+    pub floor: String,
+    pub gain_over_floor: Interval,
+    pub gain_over_base: Interval,
+    pub gap_closed: Option<f64>,
+    pub style_converged: bool,
+    /// Distilled minus label-only on gold labels, same data (the paper's question).
+    pub rationale_benefit: Option<Interval>,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Metrics {
+    pub scores: Vec<Score>,
+    pub gains: Vec<Gain>,
+    pub style: BTreeMap<String, Style>,
+    pub faithfulness: BTreeMap<String, Faithfulness>,
+    pub contamination: Contamination,
+    pub verdict: Verdict,
+    /// Held-out out-of-distribution verdict, when there is such a split.
+    pub verdict_ood: Option<Verdict>,
+}
+
+/// Paired differences between two models on one split.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Gain {
+    pub split: String,
+    pub model: String,
+    pub over: String,
+    pub diff: Interval,
+}
+
+/// Correctness of `model` on `split`, ordered by example id.
+fn correctness(preds: &[Prediction], model: &str, split: &str) -> Vec<(String, bool)> {
+    let mut v: Vec<(String, bool)> = preds
+        .iter()
+        .filter(|p| p.model == model && p.split == split)
+        .map(|p| (p.example_id.clone(), p.correct))
+        .collect();
+    v.sort();
+    v
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase())
+        .collect()
+}
+
+fn unigram_f1(a: &str, b: &str) -> f64 {
+    let (wa, wb) = (words(a), words(b));
+    if wa.is_empty() || wb.is_empty() {
+        return 0.0;
+    }
+    let mut counts: HashMap<&str, i64> = HashMap::new();
+    for w in &wb {
+        *counts.entry(w).or_default() += 1;
+    }
+    let mut common = 0;
+    for w in &wa {
+        if let Some(c) = counts.get_mut(w.as_str())
+            && *c > 0
+        {
+            *c -= 1;
+            common += 1;
+        }
+    }
+    if common == 0 {
+        return 0.0;
+    }
+    let p = common as f64 / wa.len() as f64;
+    let r = common as f64 / wb.len() as f64;
+    2.0 * p * r / (p + r)
+}
+
+fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len() as f64;
+    if x.len() < 2 {
+        return 0.0;
+    }
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx) * (a - mx);
+        syy += (b - my) * (b - my);
+    }
+    if sxx == 0.0 || syy == 0.0 {
+        0.0
+    } else {
+        sxy / (sxx * syy).sqrt()
+    }
+}
+
+/// Style of `model`'s rationales against the teacher's on the same inputs.
+pub fn style(preds: &[Prediction], model: &str) -> Option<Style> {
+    let teacher: HashMap<(&str, &str), &str> = preds
+        .iter()
+        .filter(|p| p.model == "teacher")
+        .filter_map(|p| Some(((p.split.as_str(), p.example_id.as_str()), p.rationale.as_deref()?)))
+        .collect();
+    let pairs: Vec<(&str, &str)> = preds
+        .iter()
+        .filter(|p| p.model == model)
+        .filter_map(|p| {
+            Some((
+                p.rationale.as_deref()?,
+                *teacher.get(&(p.split.as_str(), p.example_id.as_str()))?,
+            ))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return None;
+    }
+    let n = pairs.len() as f64;
+    let lens_m: Vec<f64> = pairs.iter().map(|(m, _)| words(m).len() as f64).collect();
+    let lens_t: Vec<f64> = pairs.iter().map(|(_, t)| words(t).len() as f64).collect();
+    Some(Style {
+        n: pairs.len(),
+        format_adherence: pairs.iter().filter(|(m, _)| extract_answer(m).is_some()).count() as f64 / n,
+        unigram_overlap: pairs.iter().map(|(m, t)| unigram_f1(m, t)).sum::<f64>() / n,
+        length_correlation: pearson(&lens_m, &lens_t),
+        length_ratio: lens_m.iter().sum::<f64>() / lens_t.iter().sum::<f64>().max(1.0),
+    })
+}
+
+/// Does the model's answer follow from its own rationale?
+pub fn faithfulness(preds: &[Prediction], model: &str, tests: &HashMap<String, &Example>) -> Option<Faithfulness> {
+    let with: Vec<&Prediction> = preds
+        .iter()
+        .filter(|p| p.model == model && p.rationale.is_some())
+        .collect();
+    if with.is_empty() {
+        return None;
+    }
+    let n = with.len() as f64;
+    let follows = with
+        .iter()
+        .filter(|p| {
+            let e = tests.get(&p.example_id);
+            match (extract_answer(p.rationale.as_deref().unwrap_or("")), e) {
+                (Some(a), Some(e)) => labels_match(e.label_kind, &p.prediction, &a, e.choices.as_deref()),
+                _ => false,
+            }
+        })
+        .count() as f64;
+    let arith = with.iter().all(|p| {
+        tests
+            .get(&p.example_id)
+            .is_some_and(|e| e.task == stepwise_datasets::arith::TASK)
+    });
+    let steps_valid = arith.then(|| {
+        with.iter()
+            .filter(|p| check_solution(p.rationale.as_deref().unwrap_or("")).is_ok())
+            .count() as f64
+            / n
+    });
+    Some(Faithfulness {
+        n: with.len(),
+        answer_follows_rationale: follows / n,
+        steps_valid,
+    })
+}
+
+fn ngrams(text: &str, k: usize) -> Vec<String> {
+    let w = words(text);
+    if w.len() < k {
+        vec![]
+    } else {
+        w.windows(k).map(|x| x.join(" ")).collect()
+    }
+}
+
+pub fn contamination(train: &[Example], trained_rows: &[RationaleRow], tests: &[Example]) -> Contamination {
+    let inputs: HashSet<&str> = train.iter().map(|e| e.input.as_str()).collect();
+    let row_ids: HashSet<&str> = trained_rows.iter().map(|r| r.example_id.as_str()).collect();
+    let mut grams: HashSet<String> = HashSet::new();
+    for e in train {
+        grams.extend(ngrams(&e.input, 13));
+    }
+    for r in trained_rows {
+        grams.extend(ngrams(&r.rationale, 13));
+    }
+    let overlap = tests
+        .iter()
+        .filter(|e| ngrams(&e.input, 13).iter().any(|g| grams.contains(g)))
+        .count();
+    Contamination {
+        test_inputs: tests.len(),
+        exact_duplicates: tests.iter().filter(|e| inputs.contains(e.input.as_str())).count(),
+        leaked_ids: tests.iter().filter(|e| row_ids.contains(e.id.as_str())).count(),
+        ngram13_overlap: overlap as f64 / tests.len().max(1) as f64,
+    }
+}
+
+/// Predictions of the majority-answer baseline: the most common training label, always.
+pub fn majority_predictions(train: &[Example], tests: &[Example]) -> Vec<Prediction> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in train {
+        *counts.entry(e.label.as_str()).or_default() += 1;
+    }
+    let top = counts
+        .iter()
+        .max_by_key(|(l, c)| (**c, std::cmp::Reverse(**l)))
+        .map(|(l, _)| l.to_string())
+        .unwrap_or_default();
+    tests
+        .iter()
+        .map(|e| Prediction {
+            model: "majority".into(),
+            split: e.split.map(|s| s.as_str().to_string()).unwrap_or_else(|| "test".into()),
+            example_id: e.id.clone(),
+            input: e.input.clone(),
+            gold: e.label.clone(),
+            prediction: top.clone(),
+            correct: labels_match(e.label_kind, &top, &e.label, e.choices.as_deref()),
+            rationale: None,
+        })
+        .collect()
+}
+
+fn paired(preds: &[Prediction], a: &str, b: &str, split: &str, samples: usize, seed: u64) -> Option<Interval> {
+    let ca = correctness(preds, a, split);
+    let cb = correctness(preds, b, split);
+    if ca.is_empty() || ca.len() != cb.len() || ca.iter().zip(&cb).any(|(x, y)| x.0 != y.0) {
+        return None;
+    }
+    let va: Vec<bool> = ca.iter().map(|x| x.1).collect();
+    let vb: Vec<bool> = cb.iter().map(|x| x.1).collect();
+    Some(bootstrap(&va, Some(&vb), samples, seed))
+}
+
+/// All the checks, and the verdict on `split` for `student`.
+#[allow(clippy::too_many_arguments)]
+pub fn compute(
+    preds_in: &[Prediction],
+    train: &[Example],
+    trained_rows: &[RationaleRow],
+    tests: &[Example],
+    students: &[String],
+    judged: &str,
+    samples: usize,
+    seed: u64,
+) -> Metrics {
+    let mut preds = preds_in.to_vec();
+    preds.extend(majority_predictions(train, tests));
+    let mut splits: Vec<String> = preds
+        .iter()
+        .map(|p| p.split.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    splits.sort();
+    let mut models: Vec<String> = vec!["teacher".into(), "majority".into(), "base".into()];
+    models.extend(students.iter().cloned());
+    let mut scores = Vec::new();
+    for split in &splits {
+        for m in &models {
+            let c: Vec<bool> = correctness(&preds, m, split).into_iter().map(|x| x.1).collect();
+            if !c.is_empty() {
+                scores.push(Score {
+                    model: m.clone(),
+                    split: split.clone(),
+                    n: c.len(),
+                    accuracy: bootstrap(&c, None, samples, seed),
+                });
+            }
+        }
+    }
+    let mut gains = Vec::new();
+    for split in &splits {
+        for s in students {
+            for over in ["base", "majority"] {
+                if let Some(d) = paired(&preds, s, over, split, samples, seed) {
+                    gains.push(Gain {
+                        split: split.clone(),
+                        model: s.clone(),
+                        over: over.into(),
+                        diff: d,
+                    });
+                }
+            }
+        }
+        for (a, b) in [("distill", "label-gold"), ("distill", "label-teacher")] {
+            if let Some(d) = paired(&preds, a, b, split, samples, seed) {
+                gains.push(Gain {
+                    split: split.clone(),
+                    model: a.into(),
+                    over: b.into(),
+                    diff: d,
+                });
+            }
+        }
+    }
+    let test_map: HashMap<String, &Example> = tests.iter().map(|e| (e.id.clone(), e)).collect();
+    let mut style_m = BTreeMap::new();
+    let mut faith = BTreeMap::new();
+    for m in models.iter().filter(|m| m.as_str() != "majority") {
+        if let Some(s) = style(&preds, m).filter(|_| m != "teacher") {
+            style_m.insert(m.clone(), s);
+        }
+        if let Some(f) = faithfulness(&preds, m, &test_map) {
+            faith.insert(m.clone(), f);
+        }
+    }
+    let verdict_on = |split: &str| verdict(&preds, &scores, &style_m, judged, split, samples, seed);
+    let main_split = if splits.iter().any(|s| s == "test") {
+        "test"
+    } else {
+        splits.first().map(|s| s.as_str()).unwrap_or("test")
+    };
+    Metrics {
+        verdict: verdict_on(main_split),
+        verdict_ood: splits.iter().any(|s| s == "test_ood").then(|| verdict_on("test_ood")),
+        scores,
+        gains,
+        style: style_m,
+        faithfulness: faith,
+        contamination: contamination(train, trained_rows, tests),
+    }
+}
+
+fn verdict(
+    preds: &[Prediction],
+    scores: &[Score],
+    style: &BTreeMap<String, Style>,
+    student: &str,
+    split: &str,
+    samples: usize,
+    seed: u64,
+) -> Verdict {
+    let acc = |m: &str| {
+        scores
+            .iter()
+            .find(|s| s.model == m && s.split == split)
+            .map(|s| s.accuracy.value)
+    };
+    let floor = if acc("majority").unwrap_or(0.0) > acc("base").unwrap_or(0.0) {
+        "majority"
+    } else {
+        "base"
+    };
+    let zero = Interval {
+        value: 0.0,
+        lo: 0.0,
+        hi: 0.0,
+    };
+    let gain_floor = paired(preds, student, floor, split, samples, seed).unwrap_or(zero);
+    let gain_base = paired(preds, student, "base", split, samples, seed).unwrap_or(zero);
+    let gap_closed = match (acc(student), acc("base"), acc("teacher")) {
+        (Some(s), Some(b), Some(t)) if (t - b).abs() > 1e-9 => Some((s - b) / (t - b)),
+        _ => None,
+    };
+    let st = style.get(student);
+    let style_converged = st.is_some_and(Style::converged);
+    let rationale_benefit = if student.starts_with("distill") {
+        paired(
+            preds,
+            student,
+            &student.replacen("distill", "label-gold", 1),
+            split,
+            samples,
+            seed,
+        )
+    } else {
+        None
+    };
+    let mut reasons = vec![format!(
+        "{student} accuracy on {split}: {:.3}; {floor} (the floor): {:.3}; gain {gain_floor}",
+        acc(student).unwrap_or(0.0),
+        acc(floor).unwrap_or(0.0)
+    )];
+    if let Some(t) = acc("teacher") {
+        reasons.push(format!(
+            "teacher accuracy {t:.3}; gap closed {}",
+            gap_closed.map(|g| format!("{g:.3}")).unwrap_or_else(|| "n/a".into())
+        ));
+    }
+    match st {
+        Some(s) => reasons.push(format!(
+            "style against the teacher: format {:.2}, unigram overlap {:.2}, length correlation {:.2}, length ratio {:.2} ({})",
+            s.format_adherence,
+            s.unigram_overlap,
+            s.length_correlation,
+            s.length_ratio,
+            if s.converged() { "converged" } else { "not converged" }
+        )),
+        None => reasons.push("no rationales from this student, so no style comparison".into()),
+    }
+    let kind = if gain_floor.lo > 0.0 {
+        reasons.push("the gain over the floor is above zero beyond the 95% interval".into());
+        VerdictKind::KnowledgeTransfer
+    } else if style_converged {
+        reasons
+            .push("the style converged on the teacher's while the gain is not above zero beyond the interval".into());
+        VerdictKind::StyleOnlyImitation
+    } else {
+        reasons.push("no gain beyond the interval, and the style did not converge".into());
+        VerdictKind::NoTransfer
+    };
+    Verdict {
+        kind,
+        student: student.into(),
+        split: split.into(),
+        floor: floor.into(),
+        gain_over_floor: gain_floor,
+        gain_over_base: gain_base,
+        gap_closed,
+        style_converged,
+        rationale_benefit,
+        reasons,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_interval_covers_the_mean_and_narrows_with_n() {
+        let a: Vec<bool> = (0..100).map(|i| i % 4 == 0).collect();
+        let i = bootstrap(&a, None, 1000, 1);
+        assert!((i.value - 0.25).abs() < 1e-12 && i.lo < 0.25 && i.hi > 0.25, "{i}");
+        let big: Vec<bool> = (0..10_000).map(|i| i % 4 == 0).collect();
+        let j = bootstrap(&big, None, 300, 1);
+        assert!(j.hi - j.lo < (i.hi - i.lo) / 5.0, "{i} vs {j}");
+        let same = bootstrap(&a, Some(&a), 200, 1);
+        assert_eq!((same.lo, same.hi), (0.0, 0.0));
+    }
+
+    #[test]
+    fn unigram_f1_and_pearson() {
+        assert!((unigram_f1("a b c", "a b c") - 1.0).abs() < 1e-12);
+        assert_eq!(unigram_f1("x y", "a b"), 0.0);
+        assert!((pearson(&[1., 2., 3.], &[2., 4., 6.]) - 1.0).abs() < 1e-12);
+        assert!((pearson(&[1., 2., 3.], &[3., 2., 1.]) + 1.0).abs() < 1e-12);
+    }
+}

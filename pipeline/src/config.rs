@@ -1,0 +1,280 @@
+//! `stepwise.toml`: one file describes a whole run. Every section has
+//! defaults, so an empty file (or no file) is the embedded default: the
+//! built-in arithmetic task, the local solver teacher, a small from-scratch
+//! student.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use stepwise_student::TrainConfig;
+use stepwise_student::data::Variant;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    pub run: RunSection,
+    pub data: DataSection,
+    pub teacher: TeacherSection,
+    pub student: StudentSection,
+    pub students: StudentsSection,
+    pub train: TrainConfig,
+    pub eval: EvalSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// The run directory is `runs/<name>` unless `--dir` says otherwise.
+    pub name: String,
+    pub seed: u64,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        RunSection {
+            name: "default".into(),
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// `arith` (built in) or paths of files to import.
+    pub source: String,
+    pub files: Vec<PathBuf>,
+    /// For files: a public format name (gsm8k, svamp, cqa, anli, esnli, strategyqa, bigbench, mmlu) ...
+    pub format: Option<String>,
+    /// ... or a column mapping, e.g. "input=question,label=answer,kind=number".
+    pub map: Option<String>,
+    /// Files whose examples are all held out (knowledge probes such as MMLU), with their format.
+    pub probe_files: Vec<PathBuf>,
+    pub probe_format: Option<String>,
+    /// Built-in task: in-distribution problems and held-out-family problems.
+    pub examples: usize,
+    pub ood_examples: usize,
+    pub min_steps: usize,
+    pub max_steps: usize,
+    pub val_fraction: f64,
+    pub test_fraction: f64,
+    /// Use at most this many examples (0: all), taken in split order.
+    pub limit: usize,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection {
+            source: "arith".into(),
+            files: vec![],
+            format: None,
+            map: None,
+            probe_files: vec![],
+            probe_format: None,
+            examples: 3000,
+            ood_examples: 200,
+            min_steps: 1,
+            max_steps: 2,
+            val_fraction: 0.05,
+            test_fraction: 0.1,
+            limit: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TeacherSection {
+    /// `local` starts the built-in server on loopback; `http` uses `base_url`.
+    pub kind: String,
+    /// Local backend: `solver` or `mimic`.
+    pub backend: String,
+    pub base_url: String,
+    pub model: String,
+    /// Name of the environment variable holding the API key (never the key).
+    pub api_key_env: Option<String>,
+    pub concurrency: usize,
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+    pub timeout_s: f64,
+    pub n: u32,
+    pub temperature: f32,
+    pub max_tokens: u32,
+    pub seed: Option<i64>,
+    pub prompt_dir: Option<PathBuf>,
+    /// Keep only rationales whose answer agrees with gold.
+    pub require_gold: bool,
+    /// With several samples, keep answers with at least this vote share.
+    pub min_vote_share: f32,
+    pub rationalize: bool,
+    pub price_prompt: f64,
+    pub price_completion: f64,
+    pub budget_usd: Option<f64>,
+}
+
+impl Default for TeacherSection {
+    fn default() -> Self {
+        TeacherSection {
+            kind: "local".into(),
+            backend: "solver".into(),
+            base_url: String::new(),
+            model: String::new(),
+            api_key_env: None,
+            concurrency: 16,
+            requests_per_minute: None,
+            tokens_per_minute: None,
+            timeout_s: 120.0,
+            n: 1,
+            temperature: 0.0,
+            max_tokens: 256,
+            seed: None,
+            prompt_dir: None,
+            require_gold: true,
+            min_vote_share: 0.0,
+            rationalize: false,
+            price_prompt: 0.0,
+            price_completion: 0.0,
+            budget_usd: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StudentSection {
+    /// `scratch`, or an HF-style directory to start from.
+    pub init: String,
+    pub hidden_size: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    /// BPE vocabulary trained on the run's training text (scratch only).
+    pub vocab_size: usize,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    pub device: String,
+}
+
+impl Default for StudentSection {
+    fn default() -> Self {
+        StudentSection {
+            init: "scratch".into(),
+            hidden_size: 128,
+            layers: 4,
+            heads: 4,
+            kv_heads: 2,
+            vocab_size: 384,
+            device: "cpu".into(),
+        }
+    }
+}
+
+/// Which students to train.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StudentsSection {
+    pub variants: Vec<Variant>,
+    /// Fractions of the training data to train each variant on (the
+    /// data-efficiency sweep); `[1.0]` trains once on all of it.
+    pub fractions: Vec<f64>,
+}
+
+impl Default for StudentsSection {
+    fn default() -> Self {
+        StudentsSection {
+            variants: vec![Variant::Distill, Variant::LabelGold],
+            fractions: vec![1.0],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSection {
+    /// Evaluate on at most this many examples per test split (0: all).
+    pub max_examples: usize,
+    pub answer_tokens: usize,
+    pub rationale_tokens: usize,
+    pub batch_size: usize,
+    pub bootstrap: usize,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        EvalSection {
+            max_examples: 0,
+            answer_tokens: 8,
+            rationale_tokens: 160,
+            batch_size: 64,
+            bootstrap: 1000,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads a config file; errors name the file, the key and what was expected.
+    pub fn load(path: &Path) -> anyhow::Result<RunConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let cfg: RunConfig = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.data.source != "arith" && self.data.source != "files" {
+            return Err(format!(
+                "data.source = {:?}: expected \"arith\" or \"files\"",
+                self.data.source
+            ));
+        }
+        if self.data.source == "files" && self.data.files.is_empty() {
+            return Err("data.files: give at least one file when data.source = \"files\"".into());
+        }
+        if !matches!(self.teacher.kind.as_str(), "local" | "http") {
+            return Err(format!(
+                "teacher.kind = {:?}: expected \"local\" or \"http\"",
+                self.teacher.kind
+            ));
+        }
+        if self.teacher.kind == "local" && !matches!(self.teacher.backend.as_str(), "solver" | "mimic") {
+            return Err(format!(
+                "teacher.backend = {:?}: expected \"solver\" or \"mimic\"",
+                self.teacher.backend
+            ));
+        }
+        if self.teacher.kind == "http" && self.teacher.base_url.is_empty() {
+            return Err("teacher.base_url: required when teacher.kind = \"http\"".into());
+        }
+        if self.students.variants.is_empty() {
+            return Err("students.variants: give at least one of distill, label-gold, label-teacher".into());
+        }
+        if self.students.fractions.is_empty() || self.students.fractions.iter().any(|f| !(*f > 0.0 && *f <= 1.0)) {
+            return Err(format!(
+                "students.fractions = {:?}: each must be in (0, 1]",
+                self.students.fractions
+            ));
+        }
+        self.train.validate().map_err(|e| format!("train: {e}"))?;
+        Ok(())
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self, override_dir: Option<&Path>) -> PathBuf {
+        override_dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("runs").join(&self.run.name))
+    }
+
+    /// As TOML, for `stepwise.toml` in the run directory. Holds no secret: the
+    /// key's variable name only.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+}
+
+/// Short hash of any serialisable value (stage input fingerprints).
+pub fn fingerprint<T: Serialize>(v: &T) -> String {
+    hex::encode(&Sha256::digest(serde_json::to_vec(v).expect("serialises"))[..8])
+}
+
+/// The commented example `stepwise init` writes.
+pub const EXAMPLE: &str = include_str!("../../examples/stepwise.toml");
