@@ -153,6 +153,9 @@ pub struct ArithSpec {
     pub out_of_distribution: usize,
     pub min_steps: usize,
     pub max_steps: usize,
+    /// Largest starting amount; added and taken-away amounts scale with it
+    /// (60 gives amounts up to 40 and values up to 500; 9 gives one-digit facts).
+    pub max_number: i64,
 }
 
 impl Default for ArithSpec {
@@ -163,6 +166,7 @@ impl Default for ArithSpec {
             out_of_distribution: 200,
             min_steps: 2,
             max_steps: 4,
+            max_number: 60,
         }
     }
 }
@@ -189,13 +193,15 @@ fn capitalise(s: &str) -> String {
 }
 
 /// Picks the next operation and operand so the running value stays a small positive integer.
-fn next_step(rng: &mut ChaCha8Rng, cur: i64) -> (Op, i64) {
+fn next_step(rng: &mut ChaCha8Rng, cur: i64, max_number: i64) -> (Op, i64) {
     let divisors: Vec<i64> = (2..=9).filter(|d| cur % d == 0 && cur / d >= 2).collect();
+    let amount = (max_number * 2 / 3).max(2);
+    let cap = max_number * 25 / 3;
     let mut ops = vec![Op::Add];
     if cur >= 3 {
         ops.push(Op::Sub);
     }
-    if cur * 2 <= 500 {
+    if cur * 2 <= cap {
         ops.push(Op::Mul);
     }
     if !divisors.is_empty() {
@@ -204,10 +210,10 @@ fn next_step(rng: &mut ChaCha8Rng, cur: i64) -> (Op, i64) {
         ops.push(Op::Div);
     }
     match ops[rng.random_range(0..ops.len())] {
-        Op::Add => (Op::Add, rng.random_range(2..=40)),
-        Op::Sub => (Op::Sub, rng.random_range(1..cur.min(40))),
+        Op::Add => (Op::Add, rng.random_range(2..=amount)),
+        Op::Sub => (Op::Sub, rng.random_range(1..cur.min(amount))),
         Op::Mul => {
-            let max = (500 / cur).clamp(2, 5);
+            let max = (cap / cur).clamp(2, 5);
             (Op::Mul, rng.random_range(2..=max))
         }
         Op::Div => (Op::Div, divisors[rng.random_range(0..divisors.len())]),
@@ -225,16 +231,22 @@ pub fn step_sentence(op: Op, obj: &str, x: i64, b: i64, y: i64) -> String {
     }
 }
 
-fn problem(rng: &mut ChaCha8Rng, fam: &'static Family, min_steps: usize, max_steps: usize) -> ArithProblem {
+fn problem(
+    rng: &mut ChaCha8Rng,
+    fam: &'static Family,
+    min_steps: usize,
+    max_steps: usize,
+    max_number: i64,
+) -> ArithProblem {
     let name = pick(rng, fam.names);
     let obj = pick(rng, fam.objects);
     let n_steps = rng.random_range(min_steps..=max_steps);
-    let start = rng.random_range(5..=60);
+    let start = rng.random_range(5..=max_number.max(5));
     let mut cur = start;
     let mut sentences = vec![fill(fam.start, name, obj, start, 0)];
     let mut steps = Vec::with_capacity(n_steps);
     for _ in 0..n_steps {
-        let (op, b) = next_step(rng, cur);
+        let (op, b) = next_step(rng, cur, max_number);
         let next = op.apply(cur, b).expect("next_step keeps values exact");
         let template = match op {
             Op::Add => fam.add,
@@ -271,13 +283,14 @@ pub fn generate_problems(
     families: &[&str],
     min_steps: usize,
     max_steps: usize,
+    max_number: i64,
 ) -> Vec<ArithProblem> {
     let fams: Vec<&'static Family> = FAMILIES.iter().filter(|f| families.contains(&f.name)).collect();
     assert!(!fams.is_empty(), "no known family among {families:?}");
     assert!(min_steps >= 1 && min_steps <= max_steps);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..n)
-        .map(|i| problem(&mut rng, fams[i % fams.len()], min_steps, max_steps))
+        .map(|i| problem(&mut rng, fams[i % fams.len()], min_steps, max_steps, max_number))
         .collect()
 }
 
@@ -331,6 +344,7 @@ pub fn generate(spec: &ArithSpec) -> Vec<Example> {
                 &fams,
                 spec.min_steps,
                 spec.max_steps,
+                spec.max_number,
             );
             for p in batch {
                 if kept < n && seen.insert(p.question.clone()) {

@@ -6,7 +6,7 @@ use stepwise_datasets::arith::{self, ArithSpec, HELD_OUT_FAMILY, check_solution,
 #[test]
 fn every_reference_solution_re_evaluates_to_the_answer() {
     let fams = arith::family_names();
-    let problems = generate_problems(7, 5000, &fams, 2, 4);
+    let problems = generate_problems(7, 5000, &fams, 2, 4, 60);
     for p in &problems {
         let got = check_solution(&p.solution).unwrap_or_else(|e| panic!("{e}: {}", p.solution));
         assert_eq!(got, p.answer as f64, "{}", p.solution);
@@ -103,14 +103,14 @@ fn thousands_of_problems_are_cheap() {
 #[test]
 #[ignore = "prints samples for a human to read"]
 fn print_samples() {
-    for p in generate_problems(1, 6, &arith::family_names(), 2, 4) {
+    for p in generate_problems(1, 6, &arith::family_names(), 2, 4, 60) {
         println!("{}\n  -> {}\n", p.question, p.solution);
     }
 }
 
 #[test]
 fn parse_problem_recovers_every_generated_problem() {
-    let problems = generate_problems(21, 2000, &arith::family_names(), 2, 4);
+    let problems = generate_problems(21, 2000, &arith::family_names(), 2, 4, 60);
     for p in &problems {
         let parsed = arith::parse_problem(&p.question).unwrap_or_else(|| panic!("not parsed: {}", p.question));
         assert_eq!(parsed.start, p.start, "{}", p.question);

@@ -56,6 +56,8 @@ pub struct DataSection {
     pub ood_examples: usize,
     pub min_steps: usize,
     pub max_steps: usize,
+    /// Largest starting amount (60: values up to 500; 9: one-digit facts).
+    pub max_number: i64,
     pub val_fraction: f64,
     pub test_fraction: f64,
     /// Use at most this many examples (0: all), taken in split order.
@@ -75,6 +77,7 @@ impl Default for DataSection {
             ood_examples: 200,
             min_steps: 1,
             max_steps: 2,
+            max_number: 9,
             val_fraction: 0.05,
             test_fraction: 0.1,
             limit: 0,
@@ -162,7 +165,7 @@ impl Default for StudentSection {
             layers: 4,
             heads: 4,
             kv_heads: 2,
-            vocab_size: 384,
+            vocab_size: 1024,
             device: "cpu".into(),
         }
     }

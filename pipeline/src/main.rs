@@ -10,6 +10,11 @@ mod stages;
 mod teach_cmd;
 
 use clap::{Parser, Subcommand};
+
+// candle allocates a fresh buffer per op; the system allocator hands large
+// ones back to the kernel and page faults then cost more than the arithmetic.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]

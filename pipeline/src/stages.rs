@@ -122,6 +122,7 @@ pub fn stage_data(cfg: &RunConfig, dir: &Path, h: &Hashes) -> Result<()> {
             out_of_distribution: d.ood_examples,
             min_steps: d.min_steps,
             max_steps: d.max_steps,
+            max_number: d.max_number,
         })
     } else {
         let format = match (&d.format, &d.map) {

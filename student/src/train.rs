@@ -58,7 +58,7 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            steps: 400,
+            steps: 300,
             batch_size: 16,
             grad_accum: 1,
             optimizer: AdamWConfig {
@@ -402,51 +402,20 @@ pub struct BatchLoss {
 }
 
 /// Teacher-forced loss of `batch`, target tokens only, averaged per task.
+/// Each task runs as its own padded sub-batch: label sequences are much
+/// shorter than rationale ones, and padding them to the same length would
+/// cost more than the second forward pass.
 pub fn batch_loss(
     student: &Student,
     batch: &[&Sequence],
     alpha: f64,
-    dropout: Option<&mut Dropout>,
+    mut dropout: Option<&mut Dropout>,
     dtype: DType,
 ) -> Result<BatchLoss> {
-    let dev = student.params.device().clone();
-    let n = batch.len();
-    let t = batch.iter().map(|s| s.ids.len() - 1).max().unwrap_or(1).max(1);
-    let mut ids = vec![student.tokenizer.pad_id; n * t];
-    let mut targets = vec![0u32; n * t];
-    let mut w_label = vec![0f32; n * t];
-    let mut w_rat = vec![0f32; n * t];
-    let mut lengths = Vec::with_capacity(n);
-    for (r, s) in batch.iter().enumerate() {
-        let len = s.ids.len() - 1;
-        lengths.push(len);
-        ids[r * t..r * t + len].copy_from_slice(&s.ids[..len]);
-        targets[r * t..r * t + len].copy_from_slice(&s.ids[1..]);
-        let w = if s.task == Task::Label {
-            &mut w_label
-        } else {
-            &mut w_rat
-        };
-        // Position j predicts token j+1: a target token when j+1 >= target_start.
-        for j in s.target_start.saturating_sub(1)..len {
-            w[r * t + j] = 1.0;
-        }
-    }
-    let ids = Tensor::from_vec(ids, (n, t), &dev)?;
-    let logits = student.model.forward_train(&ids, &lengths, dropout, dtype)?;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let targets = Tensor::from_vec(targets, (n, t, 1), &dev)?;
-    let nll = logp.gather(&targets, D::Minus1)?.squeeze(D::Minus1)?.neg()?;
-    let masked_mean = |w: Vec<f32>| -> Result<Option<Tensor>> {
-        let count: f32 = w.iter().sum();
-        if count == 0.0 {
-            return Ok(None);
-        }
-        let w = Tensor::from_vec(w, (n, t), &dev)?;
-        Ok(Some(((&nll * w)?.sum_all()? / count as f64)?))
-    };
-    let label = masked_mean(w_label)?;
-    let rat = masked_mean(w_rat)?;
+    let labels: Vec<&Sequence> = batch.iter().copied().filter(|s| s.task == Task::Label).collect();
+    let rats: Vec<&Sequence> = batch.iter().copied().filter(|s| s.task == Task::Rationale).collect();
+    let label = task_loss(student, &labels, dropout.as_deref_mut(), dtype)?;
+    let rat = task_loss(student, &rats, dropout.as_deref_mut(), dtype)?;
     let total = match (&label, &rat) {
         (Some(l), Some(r)) => ((l * alpha)? + (r * (1.0 - alpha))?)?,
         (Some(l), None) => l.clone(),
@@ -464,6 +433,47 @@ pub fn batch_loss(
         rationale: scalar(&rat)?,
         total,
     })
+}
+
+/// Mean negative log-likelihood of the target tokens of `seqs` (right-padded
+/// to the longest), or `None` when there are none.
+fn task_loss(
+    student: &Student,
+    seqs: &[&Sequence],
+    dropout: Option<&mut Dropout>,
+    dtype: DType,
+) -> Result<Option<Tensor>> {
+    if seqs.is_empty() {
+        return Ok(None);
+    }
+    let dev = student.params.device().clone();
+    let n = seqs.len();
+    let t = seqs.iter().map(|s| s.ids.len() - 1).max().unwrap_or(1).max(1);
+    let mut ids = vec![student.tokenizer.pad_id; n * t];
+    let mut targets = vec![0u32; n * t];
+    let mut w = vec![0f32; n * t];
+    let mut lengths = Vec::with_capacity(n);
+    for (r, s) in seqs.iter().enumerate() {
+        let len = s.ids.len() - 1;
+        lengths.push(len);
+        ids[r * t..r * t + len].copy_from_slice(&s.ids[..len]);
+        targets[r * t..r * t + len].copy_from_slice(&s.ids[1..]);
+        // Position j predicts token j+1: a target token when j+1 >= target_start.
+        for j in s.target_start.saturating_sub(1)..len {
+            w[r * t + j] = 1.0;
+        }
+    }
+    let count: f32 = w.iter().sum();
+    if count == 0.0 {
+        return Ok(None);
+    }
+    let ids = Tensor::from_vec(ids, (n, t), &dev)?;
+    let logits = student.model.forward_train(&ids, &lengths, dropout, dtype)?;
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let targets = Tensor::from_vec(targets, (n, t, 1), &dev)?;
+    let nll = logp.gather(&targets, D::Minus1)?.squeeze(D::Minus1)?.neg()?;
+    let w = Tensor::from_vec(w, (n, t), &dev)?;
+    Ok(Some(((&nll * w)?.sum_all()? / count as f64)?))
 }
 
 /// Label-task loss and answer accuracy on the validation set.
