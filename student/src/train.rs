@@ -415,7 +415,7 @@ pub fn batch_loss(
     let labels: Vec<&Sequence> = batch.iter().copied().filter(|s| s.task == Task::Label).collect();
     let rats: Vec<&Sequence> = batch.iter().copied().filter(|s| s.task == Task::Rationale).collect();
     let label = task_loss(student, &labels, dropout.as_deref_mut(), dtype)?;
-    let rat = task_loss(student, &rats, dropout.as_deref_mut(), dtype)?;
+    let rat = task_loss(student, &rats, dropout, dtype)?;
     let total = match (&label, &rat) {
         (Some(l), Some(r)) => ((l * alpha)? + (r * (1.0 - alpha))?)?,
         (Some(l), None) => l.clone(),
