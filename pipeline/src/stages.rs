@@ -304,7 +304,9 @@ pub fn stage_train(cfg: &RunConfig, dir: &Path, h: &Hashes, only: Option<Variant
         .into_iter()
         .filter(|r| train_ids.contains(r.example_id.as_str()))
         .collect();
-    let curated = curate(&train_rows, cfg.teacher.require_gold, cfg.teacher.min_vote_share);
+    let mut curated = curate(&train_rows, cfg.teacher.require_gold, cfg.teacher.min_vote_share);
+    // Shard order follows request completion; everything downstream must not.
+    curated.sort_by(|a, b| (&a.example_id, a.sample_index).cmp(&(&b.example_id, b.sample_index)));
     tracing::info!(
         teacher_rows = train_rows.len(),
         kept = curated.len(),
@@ -398,6 +400,7 @@ fn tokenizer_for(cfg: &RunConfig, sdir: &Path, gold: &[Example], rows: &[Rationa
         texts.push(format!(" {}", e.label));
     }
     texts.extend(rows.iter().map(|r| format!(" {}", r.rationale)));
+    texts.sort();
     let tok = StudentTokenizer::train_bpe(texts.iter(), cfg.student.vocab_size)?;
     tok.save(&path)?;
     Ok(tok)
