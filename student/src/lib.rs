@@ -19,6 +19,7 @@ pub mod device;
 pub mod error;
 pub mod generate;
 pub mod llama;
+pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod student;

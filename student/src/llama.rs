@@ -351,7 +351,7 @@ impl Llama {
             let q = q.reshape((b, nkv, g * t, hd))?;
             let att = (q.matmul(&k.t()?)? * scale)?.reshape((b, nkv, g, t, tk))?;
             let att = att.broadcast_add(&mask.unsqueeze(2)?)?;
-            let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+            let att = crate::ops::softmax_last(&att)?;
             let att = match dropout.as_deref_mut() {
                 Some(d) => d.apply(&att)?,
                 None => att,
