@@ -157,6 +157,15 @@ pub fn write_splits(dir: &Path, examples: &[Example]) -> Result<Vec<(Split, usiz
     Ok(counts)
 }
 
+/// Reads every split from `dir`, in [`Split::ALL`] order.
+pub fn read_all_splits(dir: &Path) -> Result<Vec<Example>> {
+    let mut all = Vec::new();
+    for s in Split::ALL {
+        all.extend(read_split(dir, s)?);
+    }
+    Ok(all)
+}
+
 /// Reads one split from `dir`; a split with no file is empty.
 pub fn read_split(dir: &Path, split: Split) -> Result<Vec<Example>> {
     let path = split_path(dir, split);

@@ -343,7 +343,7 @@ pub fn majority_predictions(train: &[Example], tests: &[Example]) -> Vec<Predict
         .iter()
         .map(|e| Prediction {
             model: "majority".into(),
-            split: e.split.map(|s| s.as_str().to_string()).unwrap_or_else(|| "test".into()),
+            split: crate::stages::split_name(e),
             example_id: e.id.clone(),
             input: e.input.clone(),
             gold: e.label.clone(),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use stepwise_datasets::adapters::{ColumnMapping, Format, ImportOptions, import};
 use stepwise_datasets::arith::{ArithSpec, generate};
-use stepwise_datasets::examples_file::{read_examples, read_split, write_splits};
+use stepwise_datasets::examples_file::{read_all_splits, read_examples, write_splits};
 use stepwise_datasets::split::{SplitSpec, assign_splits};
 use stepwise_datasets::{Example, Split};
 
@@ -87,10 +87,7 @@ pub enum DataCommand {
 }
 
 fn load_dir(dir: &std::path::Path) -> Result<Vec<Example>> {
-    let mut all = Vec::new();
-    for s in Split::ALL {
-        all.extend(read_split(dir, s)?);
-    }
+    let all = read_all_splits(dir)?;
     if all.is_empty() {
         bail!(
             "{}: no examples (expected train.parquet, val.parquet, test.parquet or test_ood.parquet)",

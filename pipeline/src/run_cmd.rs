@@ -159,11 +159,7 @@ pub fn report_stage(cfg: &RunConfig, dir: &Path) -> Result<Metrics> {
     tests.extend(read_split(&examples_dir(dir), Split::TestOod)?);
     let ids: std::collections::HashSet<&str> = preds.iter().map(|p| p.example_id.as_str()).collect();
     tests.retain(|e| ids.contains(e.id.as_str()));
-    let train_ids: std::collections::HashSet<&str> = train.iter().map(|e| e.id.as_str()).collect();
-    let rows: Vec<_> = stages::teacher_rows(dir)?
-        .into_iter()
-        .filter(|r| train_ids.contains(r.example_id.as_str()))
-        .collect();
+    let rows = stages::train_split_rows(dir, &train)?;
     let students: Vec<String> = model_names(cfg).into_iter().filter(|n| n != "base").collect();
     let judged = if cfg.students.variants.contains(&Variant::Distill) {
         student_name(Variant::Distill, 1.0)

@@ -17,7 +17,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use stepwise_datasets::adapters::{ColumnMapping, Format, ImportOptions, import};
 use stepwise_datasets::answer::labels_match;
 use stepwise_datasets::arith::{ArithSpec, generate};
-use stepwise_datasets::examples_file::{read_split, write_splits};
+use stepwise_datasets::examples_file::{read_all_splits, read_split, write_splits};
 use stepwise_datasets::shard::{RationaleRow, read_dir_rows};
 use stepwise_datasets::split::{SplitSpec, assign_splits};
 use stepwise_datasets::{Example, Split};
@@ -56,7 +56,7 @@ fn mark_done(dir: &Path, stage: &str, hash: &str) -> Result<()> {
     std::fs::create_dir_all(p.parent().expect("has parent"))?;
     let rec = StageRecord {
         hash: hash.into(),
-        finished_at: chrono_now(),
+        finished_at: unix_seconds(),
     };
     let tmp = p.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_string_pretty(&rec)?)?;
@@ -64,7 +64,7 @@ fn mark_done(dir: &Path, stage: &str, hash: &str) -> Result<()> {
     Ok(())
 }
 
-fn chrono_now() -> String {
+fn unix_seconds() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -180,14 +180,6 @@ pub fn stage_data(cfg: &RunConfig, dir: &Path, h: &Hashes) -> Result<()> {
     mark_done(dir, "data", &h.data)
 }
 
-fn read_all(dir: &Path) -> Result<Vec<Example>> {
-    let mut all = Vec::new();
-    for s in Split::ALL {
-        all.extend(read_split(&examples_dir(dir), s)?);
-    }
-    Ok(all)
-}
-
 // ---------------------------------------------------------------- teach
 
 pub fn stage_teach(cfg: &RunConfig, dir: &Path, h: &Hashes) -> Result<()> {
@@ -195,7 +187,7 @@ pub fn stage_teach(cfg: &RunConfig, dir: &Path, h: &Hashes) -> Result<()> {
         tracing::info!("teach: up to date, skipped");
         return Ok(());
     }
-    let examples = read_all(dir)?;
+    let examples = read_all_splits(&examples_dir(dir))?;
     let t = &cfg.teacher;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
@@ -264,9 +256,18 @@ pub fn stage_teach(cfg: &RunConfig, dir: &Path, h: &Hashes) -> Result<()> {
     mark_done(dir, "teach", &h.teach)
 }
 
-/// All teacher rows, by split.
+/// All teacher rows, every split.
 pub fn teacher_rows(dir: &Path) -> Result<Vec<RationaleRow>> {
     Ok(read_dir_rows(&paths_in(dir).shards)?)
+}
+
+/// The teacher rows of the training examples `train` (before curation).
+pub fn train_split_rows(dir: &Path, train: &[Example]) -> Result<Vec<RationaleRow>> {
+    let ids: std::collections::HashSet<&str> = train.iter().map(|e| e.id.as_str()).collect();
+    Ok(teacher_rows(dir)?
+        .into_iter()
+        .filter(|r| ids.contains(r.example_id.as_str()))
+        .collect())
 }
 
 // ---------------------------------------------------------------- train
@@ -298,12 +299,7 @@ pub fn stage_train(cfg: &RunConfig, dir: &Path, h: &Hashes, only: Option<Variant
     let dtype = compute_dtype(&device);
     let gold_train = read_split(&examples_dir(dir), Split::Train)?;
     let val = read_split(&examples_dir(dir), Split::Val)?;
-    let rows = teacher_rows(dir)?;
-    let train_ids: std::collections::HashSet<&str> = gold_train.iter().map(|e| e.id.as_str()).collect();
-    let train_rows: Vec<RationaleRow> = rows
-        .into_iter()
-        .filter(|r| train_ids.contains(r.example_id.as_str()))
-        .collect();
+    let train_rows = train_split_rows(dir, &gold_train)?;
     let mut curated = curate(&train_rows, cfg.teacher.require_gold, cfg.teacher.min_vote_share);
     // Shard order follows request completion; everything downstream must not.
     curated.sort_by(|a, b| (&a.example_id, a.sample_index).cmp(&(&b.example_id, b.sample_index)));
@@ -545,7 +541,7 @@ pub fn stage_eval(cfg: &RunConfig, dir: &Path, h: &Hashes) -> Result<()> {
     mark_done(dir, "eval", &h.eval)
 }
 
-fn split_name(e: &Example) -> String {
+pub fn split_name(e: &Example) -> String {
     e.split.map(|s| s.as_str().to_string()).unwrap_or_else(|| "test".into())
 }
 

@@ -65,13 +65,7 @@ impl Student {
     /// Writes the directory under a temporary name and renames it into place,
     /// so a reader never sees half a model.
     pub fn save_dir(&self, dir: &Path) -> Result<()> {
-        let tmp = dir.with_extension("tmp");
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-        }
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        self.write_files(&tmp)?;
-        replace_dir(&tmp, dir)
+        write_dir_atomically(dir, |tmp| self.write_files(tmp))
     }
 
     /// The three files, into an existing directory.
@@ -92,10 +86,17 @@ impl Student {
     }
 }
 
-/// Renames `from` over `to`, removing an old `to` first.
-pub(crate) fn replace_dir(from: &Path, to: &Path) -> Result<()> {
-    if to.exists() {
-        std::fs::remove_dir_all(to).map_err(io(to))?;
+/// Fills a fresh `<dir>.tmp` with `fill`, then renames it over `dir` (an old
+/// `dir` is removed first): a reader never sees a half-written directory.
+pub(crate) fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = dir.with_extension("tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
-    std::fs::rename(from, to).map_err(io(to))
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    fill(&tmp)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io(dir))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(io(dir))
 }

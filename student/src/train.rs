@@ -20,7 +20,7 @@ use crate::error::{Result, StudentError, io};
 use crate::generate::generate;
 use crate::optim::{AdamW, AdamWConfig, Grads, clip_global_norm, lr_at};
 use crate::params::{Dropout, ParamStore};
-use crate::student::{Student, replace_dir};
+use crate::student::{Student, write_dir_atomically};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -512,17 +512,12 @@ fn validate(
 }
 
 fn save_checkpoint(out: &Path, student: &Student, opt: &AdamW, state: &TrainerState) -> Result<()> {
-    let dir = checkpoint_dir(out, state.step);
-    let tmp = dir.with_extension("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    student.write_files(&tmp)?;
-    opt.save(&tmp.join("optimizer.safetensors"), &student.params)?;
-    let sp = tmp.join("trainer_state.json");
-    std::fs::write(&sp, serde_json::to_string_pretty(state).expect("state serialises")).map_err(io(&sp))?;
-    replace_dir(&tmp, &dir)
+    write_dir_atomically(&checkpoint_dir(out, state.step), |tmp| {
+        student.write_files(tmp)?;
+        opt.save(&tmp.join("optimizer.safetensors"), &student.params)?;
+        let sp = tmp.join("trainer_state.json");
+        std::fs::write(&sp, serde_json::to_string_pretty(state).expect("state serialises")).map_err(io(&sp))
+    })
 }
 
 /// Keeps log lines up to `step`, dropping those a killed run wrote after its
@@ -545,16 +540,13 @@ fn truncate_log(path: &Path, step: u64) -> Result<()> {
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    let tmp = to.with_extension("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    for e in std::fs::read_dir(from).map_err(io(from))? {
-        let e = e.map_err(io(from))?;
-        std::fs::copy(e.path(), tmp.join(e.file_name())).map_err(io(&e.path()))?;
-    }
-    replace_dir(&tmp, to)
+    write_dir_atomically(to, |tmp| {
+        for e in std::fs::read_dir(from).map_err(io(from))? {
+            let e = e.map_err(io(from))?;
+            std::fs::copy(e.path(), tmp.join(e.file_name())).map_err(io(&e.path()))?;
+        }
+        Ok(())
+    })
 }
 
 /// Reads `metrics.jsonl`.
