@@ -88,7 +88,7 @@ pub fn generate_ids(
     for step in 0..max_new_tokens {
         for r in 0..b {
             if !done[r] {
-                if next[r] == tok.eos_id {
+                if tok.is_stop(next[r]) {
                     done[r] = true;
                 } else {
                     out[r].push(next[r]);

@@ -5,7 +5,9 @@
 //! - [`llama`]: a decoder-only model of the Llama / Qwen2 family written for
 //!   training (every op carries a gradient; full-sequence logits; a KV cache
 //!   for generation; HF tensor names).
-//! - [`tokenizer`]: load `tokenizer.json`, or train a byte-level BPE in-process.
+//! - [`tokenizer`]: load `tokenizer.json`, or train a byte-level BPE in-process;
+//!   chat templates.
+//! - [`gguf`]: pretrained weights and tokenizers from GGUF files, dequantised.
 //! - [`data`]: the `[label]` / `[rationale]` tasks, the baselines' data, the
 //!   seeded data order.
 //! - [`train`]: the Distilling Step-by-Step trainer (AdamW, schedule,
@@ -18,6 +20,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod llama;
 pub mod ops;
 pub mod optim;
@@ -30,5 +33,5 @@ pub use data::{StudyExample, Variant};
 pub use error::{Result, StudentError};
 pub use llama::Config;
 pub use student::Student;
-pub use tokenizer::StudentTokenizer;
+pub use tokenizer::{ChatMessage, StudentTokenizer};
 pub use train::{TrainConfig, TrainSummary, ValExample};

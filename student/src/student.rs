@@ -62,6 +62,31 @@ impl Student {
         })
     }
 
+    /// A pretrained model from a GGUF file, dequantised to f32, with the
+    /// tokenizer and chat template rebuilt from its metadata.
+    pub fn from_gguf(path: &Path, device: &Device) -> Result<Student> {
+        let file = crate::gguf::GgufFile::open(path)?;
+        let config = file.config()?;
+        let tokenizer = file.tokenizer()?;
+        let params = file.params(&config, device)?;
+        let model = Llama::new(&config, &params)?;
+        Ok(Student {
+            config,
+            params,
+            model,
+            tokenizer,
+        })
+    }
+
+    /// A student from a directory (`config.json`, ...) or a `.gguf` file.
+    pub fn load(path: &Path, device: &Device) -> Result<Student> {
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            Student::from_gguf(path, device)
+        } else {
+            Student::load_dir(path, device)
+        }
+    }
+
     /// Writes the directory under a temporary name and renames it into place,
     /// so a reader never sees half a model.
     pub fn save_dir(&self, dir: &Path) -> Result<()> {

@@ -10,19 +10,48 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{AddedToken, Tokenizer};
 
-use crate::error::{Result, StudentError};
+use crate::error::{Result, StudentError, io};
+
+/// HF's companion file; only the fields stepwise reads or writes.
+const CONFIG_FILE: &str = "tokenizer_config.json";
+
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct TokenizerConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    eos_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pad_token: Option<String>,
+    /// stepwise's own: every token that ends generation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    stop_tokens: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chat_template: Option<String>,
+}
 
 /// End of a target sequence; generation stops on it.
 pub const EOS: &str = "<|endoftext|>";
 /// Padding; never a target.
 pub const PAD: &str = "<|pad|>";
 
-/// A tokenizer with the two special ids the trainer and generator need.
+/// A tokenizer with the special ids the trainer and generator need, and a
+/// pretrained model's chat template (kept in `tokenizer_config.json`, as HF does).
 #[derive(Clone)]
 pub struct StudentTokenizer {
     pub inner: Tokenizer,
+    /// Appended to every training target.
     pub eos_id: u32,
     pub pad_id: u32,
+    /// Generation stops on any of these (the end token and, for chat models,
+    /// the end of a turn).
+    pub stop_ids: Vec<u32>,
+    pub chat_template: Option<String>,
+}
+
+/// One chat message, as the OpenAI API and chat templates name its fields.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
 }
 
 fn tok_err(what: impl std::fmt::Display) -> impl FnOnce(tokenizers::Error) -> StudentError {
@@ -65,16 +94,96 @@ impl StudentTokenizer {
             StudentError::Tokenizer(format!("{what}: no end-of-text token ({EOS}, <|im_end|>, </s>)"))
         })?;
         let pad_id = find(&[PAD, "<|pad|>", "<pad>"]).unwrap_or(eos_id);
-        Ok(StudentTokenizer { inner, eos_id, pad_id })
+        Ok(StudentTokenizer {
+            inner,
+            eos_id,
+            pad_id,
+            stop_ids: vec![eos_id],
+            chat_template: None,
+        })
     }
 
+    /// Loads `tokenizer.json`, and `tokenizer_config.json` beside it when
+    /// present (end and padding tokens, chat template).
     pub fn load(path: &Path) -> Result<StudentTokenizer> {
         let inner = Tokenizer::from_file(path).map_err(tok_err(path.display()))?;
-        StudentTokenizer::from_tokenizer(inner, &path.display().to_string())
+        let mut tok = StudentTokenizer::from_tokenizer(inner, &path.display().to_string())?;
+        let cfg_path = path.with_file_name(CONFIG_FILE);
+        if cfg_path.exists() {
+            let text = std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?;
+            let cfg: TokenizerConfig = serde_json::from_str(&text).map_err(|e| StudentError::Format {
+                path: cfg_path.clone(),
+                msg: e.to_string(),
+            })?;
+            let id = |name: &Option<String>, field: &str| -> Result<Option<u32>> {
+                match name {
+                    None => Ok(None),
+                    Some(n) => tok.inner.token_to_id(n).map(Some).ok_or_else(|| StudentError::Format {
+                        path: cfg_path.clone(),
+                        msg: format!("{field} {n:?} is not in the vocabulary"),
+                    }),
+                }
+            };
+            if let Some(eos) = id(&cfg.eos_token, "eos_token")? {
+                tok.eos_id = eos;
+            }
+            if let Some(pad) = id(&cfg.pad_token, "pad_token")? {
+                tok.pad_id = pad;
+            }
+            for s in &cfg.stop_tokens {
+                if let Some(i) = id(&Some(s.clone()), "stop_tokens")? {
+                    tok.stop_ids.push(i);
+                }
+            }
+            tok.stop_ids.push(tok.eos_id);
+            tok.stop_ids.sort_unstable();
+            tok.stop_ids.dedup();
+            tok.chat_template = cfg.chat_template;
+        }
+        Ok(tok)
     }
 
+    /// Writes `tokenizer.json` and, beside it, `tokenizer_config.json`.
     pub fn save(&self, path: &Path) -> Result<()> {
-        self.inner.save(path, false).map_err(tok_err(path.display()))
+        self.inner.save(path, false).map_err(tok_err(path.display()))?;
+        let name = |id: u32| self.inner.id_to_token(id);
+        let cfg = TokenizerConfig {
+            eos_token: name(self.eos_id),
+            pad_token: name(self.pad_id),
+            stop_tokens: self.stop_ids.iter().filter_map(|&i| name(i)).collect(),
+            chat_template: self.chat_template.clone(),
+        };
+        let p = path.with_file_name(CONFIG_FILE);
+        std::fs::write(&p, serde_json::to_string_pretty(&cfg).expect("serialises")).map_err(io(&p))
+    }
+
+    /// The prompt a chat model expects for `messages`, from its own template,
+    /// ending with the assistant's turn opened.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| StudentError::Tokenizer("this tokenizer has no chat template".into()))?;
+        let mut env = minijinja::Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        let chat_err = |e: minijinja::Error| StudentError::Tokenizer(format!("chat template: {e:#}"));
+        env.add_template("chat", template).map_err(chat_err)?;
+        let tmpl = env.get_template("chat").map_err(chat_err)?;
+        let eos = self.inner.id_to_token(self.eos_id).unwrap_or_default();
+        tmpl.render(minijinja::context! {
+            messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+            add_generation_prompt => true,
+            bos_token => "",
+            eos_token => eos,
+        })
+        .map_err(chat_err)
+    }
+
+    pub fn is_stop(&self, id: u32) -> bool {
+        self.stop_ids.contains(&id)
     }
 
     pub fn vocab_size(&self) -> usize {
