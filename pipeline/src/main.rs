@@ -3,6 +3,7 @@
 mod checks;
 mod config;
 mod data_cmd;
+mod gguf_teacher;
 mod report;
 mod run_cmd;
 mod shards_cmd;

@@ -193,18 +193,23 @@ pub fn stage_teach(cfg: &RunConfig, dir: &Path, h: &Hashes) -> Result<()> {
     rt.block_on(async {
         // The embedded teacher is a real HTTP server on loopback, queried like any other.
         let local = if t.kind == "local" {
-            let backend: Backend = t.backend.parse().map_err(anyhow::Error::msg)?;
-            Some(
-                server::start(
-                    "127.0.0.1:0",
-                    ServerConfig {
-                        backend,
-                        seed: cfg.run.seed,
-                        ..Default::default()
-                    },
-                )
-                .await?,
-            )
+            let mut sc = ServerConfig {
+                seed: cfg.run.seed,
+                max_batch: t.max_batch,
+                ..Default::default()
+            };
+            if t.backend == "gguf" {
+                let path = t
+                    .gguf
+                    .as_deref()
+                    .context("teacher.gguf: required when teacher.backend = \"gguf\"")?;
+                sc.model = Some(std::sync::Arc::new(crate::gguf_teacher::GgufTeacher::open(
+                    path, &t.device,
+                )?));
+            } else {
+                sc.backend = t.backend.parse::<Backend>().map_err(anyhow::Error::msg)?;
+            }
+            Some(server::start("127.0.0.1:0", sc).await?)
         } else {
             None
         };
@@ -381,9 +386,7 @@ pub fn stage_train(cfg: &RunConfig, dir: &Path, h: &Hashes, only: Option<Variant
 /// text (inputs, labels, the teacher's rationales), or the init model's.
 fn tokenizer_for(cfg: &RunConfig, sdir: &Path, gold: &[Example], rows: &[RationaleRow]) -> Result<StudentTokenizer> {
     if cfg.student.init != "scratch" {
-        return Ok(StudentTokenizer::load(
-            &Path::new(&cfg.student.init).join("tokenizer.json"),
-        )?);
+        return Ok(Student::load_tokenizer(Path::new(&cfg.student.init))?);
     }
     let path = sdir.join("tokenizer.json");
     if path.exists() {
@@ -405,7 +408,7 @@ fn tokenizer_for(cfg: &RunConfig, sdir: &Path, gold: &[Example], rows: &[Rationa
 /// The untrained student: same seed, same shape as every variant's start.
 fn base_student(cfg: &RunConfig, tok: &StudentTokenizer, device: &candle_core::Device) -> Result<Student> {
     if cfg.student.init != "scratch" {
-        return Ok(Student::load_dir(Path::new(&cfg.student.init), device)?);
+        return Ok(Student::load(Path::new(&cfg.student.init), device)?);
     }
     let s = &cfg.student;
     let mut c = Config::tiny(0, s.hidden_size, s.layers, s.heads, s.kv_heads);

@@ -4,11 +4,12 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use stepwise_datasets::examples_file::read_split;
-use stepwise_datasets::{Example, Split};
+use stepwise_datasets::{Example, LabelKind, Split};
 use stepwise_teacher::protocol::{ChatRequest, Message};
-use stepwise_teacher::server::{self, Backend, Faults, ServerConfig};
+use stepwise_teacher::server::{self, Backend, ChatModel, Faults, ServerConfig};
 use stepwise_teacher::stage::{Price, TeachConfig, estimate, paths_in, teach};
 use stepwise_teacher::{ClientConfig, TeacherClient};
 
@@ -110,6 +111,10 @@ pub enum TeacherCommand {
         client: ClientArgs,
         #[arg(long)]
         question: String,
+        /// Asks with the few-shot template of this answer kind (number, choice,
+        /// class, text), as the teach stage would; `raw` sends the question alone.
+        #[arg(long, default_value = "number")]
+        kind: String,
         #[arg(long, default_value_t = 256)]
         max_tokens: u32,
     },
@@ -119,9 +124,19 @@ pub enum TeacherCommand {
 pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8089")]
     pub addr: String,
-    /// solver (exact answers) or mimic (same style, wrong numbers).
+    /// solver (exact answers), mimic (same style, wrong numbers), or gguf
+    /// (a real instruct model: give --gguf).
     #[arg(long, default_value = "solver")]
-    pub backend: Backend,
+    pub backend: String,
+    /// The GGUF file the gguf backend serves.
+    #[arg(long)]
+    pub gguf: Option<std::path::PathBuf>,
+    /// Most requests the gguf backend decodes as one batch.
+    #[arg(long, default_value_t = 16)]
+    pub max_batch: usize,
+    /// cpu, cuda, cuda:N or auto (the gguf backend).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Added latency per request, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
@@ -146,9 +161,22 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    pub fn config(&self) -> ServerConfig {
-        ServerConfig {
-            backend: self.backend,
+    pub fn config(&self) -> Result<ServerConfig> {
+        let (backend, model) = match self.backend.as_str() {
+            "gguf" => {
+                let path = self
+                    .gguf
+                    .as_deref()
+                    .context("--gguf FILE: required with --backend gguf")?;
+                let m: Arc<dyn ChatModel> = Arc::new(crate::gguf_teacher::GgufTeacher::open(path, &self.device)?);
+                (Backend::Solver, Some(m))
+            }
+            b => (b.parse::<Backend>().map_err(anyhow::Error::msg)?, None),
+        };
+        Ok(ServerConfig {
+            backend,
+            model,
+            max_batch: self.max_batch,
             latency: Duration::from_millis(self.latency_ms),
             faults: Faults {
                 script: vec![],
@@ -161,7 +189,7 @@ impl ServeArgs {
                 stall: Duration::from_millis(self.stall_ms),
             },
             seed: self.seed,
-        }
+        })
     }
 }
 
@@ -249,7 +277,7 @@ pub fn run_teach(a: TeachArgs) -> Result<()> {
 pub fn run_teacher(cmd: TeacherCommand) -> Result<()> {
     match cmd {
         TeacherCommand::Serve(a) => runtime()?.block_on(async {
-            let srv = server::start(&a.addr, a.config()).await?;
+            let srv = server::start(&a.addr, a.config()?).await?;
             println!(
                 "serving the {:?} teacher at {} (Ctrl-C stops)",
                 a.backend,
@@ -262,19 +290,36 @@ pub fn run_teacher(cmd: TeacherCommand) -> Result<()> {
         TeacherCommand::Probe {
             client,
             question,
+            kind,
             max_tokens,
         } => runtime()?.block_on(async {
             let c = TeacherClient::new(client.config())?;
-            let req = ChatRequest {
-                model: client.model.clone(),
-                messages: vec![
+            let label_kind = match kind.as_str() {
+                "raw" => None,
+                "number" => Some(LabelKind::Number),
+                "choice" => Some(LabelKind::Choice),
+                "class" => Some(LabelKind::Class),
+                "text" => Some(LabelKind::Text),
+                k => anyhow::bail!("--kind {k:?}: expected number, choice, class, text or raw"),
+            };
+            let messages = match label_kind {
+                None => vec![
                     Message::new("system", stepwise_teacher::prompt::SYSTEM),
                     Message::new("user", question),
                 ],
+                Some(lk) => {
+                    let ex = Example::new("probe", "probe", question, None, String::new(), lk);
+                    stepwise_teacher::prompt::Prompts::load(None)?.render(&ex, None).1
+                }
+            };
+            let req = ChatRequest {
+                model: client.model.clone(),
+                messages,
                 temperature: 0.0,
                 max_tokens,
                 n: 1,
                 seed: None,
+                stop: vec![stepwise_teacher::protocol::FEW_SHOT_STOP.into()],
             };
             let got = c.complete(&req, max_tokens).await?;
             let text = &got.response.choices[0].message.content;

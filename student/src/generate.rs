@@ -1,16 +1,67 @@
-//! Batched greedy decoding with a KV cache.
+//! Batched decoding with a KV cache: greedy, or sampled at a temperature from
+//! a per-row seed (self-consistency asks for several samples).
 //!
 //! Prompts are sorted by length and left-padded within a batch; each row gets
 //! its own positions, and padding keys are masked, so a prompt decodes the
 //! same whether it is alone or in a batch.
 
 use candle_core::{D, DType, Device, Tensor};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use crate::error::Result;
-use crate::llama::{KvCache, Llama, MASKED};
+use crate::llama::{KvCache, Llama, left_padded_mask};
 use crate::tokenizer::StudentTokenizer;
 
-/// Greedy continuations of `prompts`, each up to `max_new_tokens` or the end
+/// How one row decodes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decode {
+    pub max_new_tokens: usize,
+    /// 0 is greedy.
+    pub temperature: f32,
+    /// Seeds the row's sampler (unused when greedy).
+    pub seed: u64,
+    /// The row ends once its text contains one of these (the text is cut
+    /// before it by [`Generated::text`]).
+    pub stop: Vec<String>,
+}
+
+impl Decode {
+    pub fn greedy(max_new_tokens: usize) -> Decode {
+        Decode {
+            max_new_tokens,
+            temperature: 0.0,
+            seed: 0,
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// One row's continuation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    /// Without the stop token (a stop string's tokens are included).
+    pub ids: Vec<u32>,
+    /// Ended on a stop token or string (rather than at `max_new_tokens`).
+    pub stopped: bool,
+}
+
+impl Generated {
+    /// The decoded text, cut before the first of `stop`.
+    pub fn text(&self, tok: &StudentTokenizer, stop: &[String]) -> Result<String> {
+        let mut text = tok.decode(&self.ids)?;
+        if let Some(cut) = stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+            text.truncate(cut);
+        }
+        Ok(text)
+    }
+}
+
+/// Tokens decoded again at each step to look for a stop string (longer stop
+/// strings are still found, once complete, by [`Generated::text`]).
+const STOP_WINDOW: usize = 16;
+
+/// Greedy continuations of `prompts`, each up to `max_new_tokens` or a stop
 /// token, returned in the prompts' order.
 pub fn generate(
     model: &Llama,
@@ -37,22 +88,24 @@ pub fn generate(
     let mut out = vec![String::new(); prompts.len()];
     for chunk in encoded.chunks(batch_size.max(1)) {
         let ids: Vec<&[u32]> = chunk.iter().map(|(_, ids)| ids.as_slice()).collect();
-        let generated = generate_ids(model, tok, &ids, max_new_tokens, dtype)?;
+        let opts = vec![Decode::greedy(max_new_tokens); ids.len()];
+        let generated = decode_batch(model, tok, &ids, &opts, dtype)?;
         for ((i, _), g) in chunk.iter().zip(generated) {
-            out[*i] = tok.decode(&g)?;
+            out[*i] = tok.decode(&g.ids)?;
         }
     }
     Ok(out)
 }
 
-/// Greedy token ids for one left-padded batch, each cut at the end token.
-pub fn generate_ids(
+/// Decodes one left-padded batch, each row by its own [`Decode`].
+pub fn decode_batch(
     model: &Llama,
     tok: &StudentTokenizer,
     prompts: &[&[u32]],
-    max_new_tokens: usize,
+    opts: &[Decode],
     dtype: DType,
-) -> Result<Vec<Vec<u32>>> {
+) -> Result<Vec<Generated>> {
+    assert_eq!(prompts.len(), opts.len(), "one Decode per prompt");
     let dev: Device = model.device().clone();
     let b = prompts.len();
     let l = prompts.iter().map(|p| p.len()).max().unwrap_or(0).max(1);
@@ -63,56 +116,91 @@ pub fn generate_ids(
         ids.extend(std::iter::repeat_n(tok.pad_id, pad).chain(p.iter().copied()));
         pos.extend((0..l).map(|j| j.saturating_sub(pad) as u32));
     }
-    let mut mask = vec![0f32; b * l * l];
-    for (r, &pad) in pads.iter().enumerate() {
-        for i in 0..l {
-            for j in 0..l {
-                if j > i || j < pad {
-                    mask[r * l * l + i * l + j] = MASKED;
-                }
-            }
-        }
+    let mut samplers: Vec<Option<ChaCha8Rng>> = opts
+        .iter()
+        .map(|o| (o.temperature > 0.0).then(|| ChaCha8Rng::seed_from_u64(o.seed)))
+        .collect();
+    let max_new = opts.iter().map(|o| o.max_new_tokens).max().unwrap_or(0);
+    let mut out: Vec<Generated> = vec![
+        Generated {
+            ids: Vec::new(),
+            stopped: false
+        };
+        b
+    ];
+    if max_new == 0 {
+        return Ok(out);
     }
     let mut cache = KvCache::new(model.config.num_hidden_layers);
     let logits = model.forward(
         &Tensor::from_vec(ids, (b, l), &dev)?,
         &Tensor::from_vec(pos, (b, l), &dev)?,
-        &Tensor::from_vec(mask, (b, 1, l, l), &dev)?,
+        &left_padded_mask(&pads, l, 0, &dev)?,
         Some(&mut cache),
         None,
         dtype,
     )?;
-    let mut next: Vec<u32> = logits.narrow(1, l - 1, 1)?.squeeze(1)?.argmax(D::Minus1)?.to_vec1()?;
-    let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
-    let mut done = vec![false; b];
-    for step in 0..max_new_tokens {
+    let mut next = pick(&logits.narrow(1, l - 1, 1)?.squeeze(1)?, opts, &mut samplers)?;
+    let mut done: Vec<bool> = opts.iter().map(|o| o.max_new_tokens == 0).collect();
+    for step in 0..max_new {
         for r in 0..b {
-            if !done[r] {
-                if tok.is_stop(next[r]) {
-                    done[r] = true;
-                } else {
-                    out[r].push(next[r]);
+            if done[r] {
+                continue;
+            }
+            if tok.is_stop(next[r]) {
+                out[r].stopped = true;
+                done[r] = true;
+            } else {
+                out[r].ids.push(next[r]);
+                done[r] = out[r].ids.len() >= opts[r].max_new_tokens;
+                if !opts[r].stop.is_empty() {
+                    let ids = &out[r].ids;
+                    let tail = tok.decode(&ids[ids.len().saturating_sub(STOP_WINDOW)..])?;
+                    if opts[r].stop.iter().any(|s| tail.contains(s.as_str())) {
+                        out[r].stopped = true;
+                        done[r] = true;
+                    }
                 }
             }
         }
-        if step + 1 == max_new_tokens || done.iter().all(|&d| d) {
+        if done.iter().all(|&d| d) {
             break;
         }
-        let tk = l + step + 1;
         let pos: Vec<u32> = prompts.iter().map(|p| (p.len() + step) as u32).collect();
-        let mut mask = vec![0f32; b * tk];
-        for (r, &pad) in pads.iter().enumerate() {
-            mask[r * tk..r * tk + pad].fill(MASKED);
-        }
         let logits = model.forward(
             &Tensor::from_vec(next.clone(), (b, 1), &dev)?,
             &Tensor::from_vec(pos, (b, 1), &dev)?,
-            &Tensor::from_vec(mask, (b, 1, 1, tk), &dev)?,
+            &left_padded_mask(&pads, 1, l + step, &dev)?,
             Some(&mut cache),
             None,
             dtype,
         )?;
-        next = logits.squeeze(1)?.argmax(D::Minus1)?.to_vec1()?;
+        next = pick(&logits.squeeze(1)?, opts, &mut samplers)?;
     }
     Ok(out)
+}
+
+/// The next token of every row from `(b, vocab)` logits: the argmax, or a
+/// sample from softmax(logits / temperature).
+fn pick(logits: &Tensor, opts: &[Decode], samplers: &mut [Option<ChaCha8Rng>]) -> Result<Vec<u32>> {
+    let mut next: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
+    if samplers.iter().all(|s| s.is_none()) {
+        return Ok(next);
+    }
+    let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+    for (r, rng) in samplers.iter_mut().enumerate() {
+        let Some(rng) = rng else { continue };
+        let t = opts[r].temperature;
+        let max = rows[r].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let w: Vec<f64> = rows[r].iter().map(|&x| (((x - max) / t) as f64).exp()).collect();
+        let mut u = rng.random_range(0.0..w.iter().sum::<f64>());
+        for (i, wi) in w.iter().enumerate() {
+            if u < *wi {
+                next[r] = i as u32;
+                break;
+            }
+            u -= wi;
+        }
+    }
+    Ok(next)
 }

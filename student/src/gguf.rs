@@ -29,7 +29,8 @@ use crate::params::ParamStore;
 use crate::tokenizer::StudentTokenizer;
 
 /// Qwen2's pre-tokenizer regex, as its `tokenizer.json` and llama.cpp have it.
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// An opened GGUF file: its metadata and tensor index (tensors are read on demand).
 pub struct GgufFile {
@@ -109,7 +110,11 @@ impl GgufFile {
     pub fn config(&self) -> Result<Config> {
         let arch = self.architecture()?;
         let k = |s: &str| format!("{arch}.{s}");
-        let tokens = self.meta("tokenizer.ggml.tokens")?.to_vec().map(|v| v.len()).unwrap_or(0);
+        let tokens = self
+            .meta("tokenizer.ggml.tokens")?
+            .to_vec()
+            .map(|v| v.len())
+            .unwrap_or(0);
         let vocab_size = match self.content.metadata.get(&k("vocab_size")) {
             Some(_) => self.meta_u32(&k("vocab_size"))? as usize,
             None => tokens,
@@ -159,7 +164,9 @@ impl GgufFile {
                 .content
                 .tensor(&mut r, gguf_name, device)
                 .map_err(|e| self.err(format!("tensor {gguf_name}: {e}")))?;
-            let mut t = q.dequantize(device).map_err(|e| self.err(format!("tensor {gguf_name}: {e}")))?;
+            let mut t = q
+                .dequantize(device)
+                .map_err(|e| self.err(format!("tensor {gguf_name}: {e}")))?;
             if config.model_type == "llama" {
                 let hd = config.head_dim();
                 if hf.ends_with("q_proj.weight") {

@@ -427,3 +427,22 @@ pub fn causal_mask(lengths: &[usize], t: usize, dev: &Device) -> Result<Tensor> 
     }
     Tensor::from_vec(m, (b, 1, t, t), dev)
 }
+
+/// `(b, 1, t, cached + t)` additive mask for left-padded rows decoding `t` new
+/// tokens after `cached` ones: row `r`'s first `pads[r]` keys are padding;
+/// new tokens see every earlier key and themselves.
+pub fn left_padded_mask(pads: &[usize], t: usize, cached: usize, dev: &Device) -> Result<Tensor> {
+    let b = pads.len();
+    let tk = cached + t;
+    let mut m = vec![0f32; b * t * tk];
+    for (r, &pad) in pads.iter().enumerate() {
+        for i in 0..t {
+            for j in 0..tk {
+                if j > cached + i || j < pad {
+                    m[(r * t + i) * tk + j] = MASKED;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(m, (b, 1, t, tk), dev)
+}

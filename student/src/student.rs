@@ -80,10 +80,19 @@ impl Student {
 
     /// A student from a directory (`config.json`, ...) or a `.gguf` file.
     pub fn load(path: &Path, device: &Device) -> Result<Student> {
-        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        if is_gguf(path) {
             Student::from_gguf(path, device)
         } else {
             Student::load_dir(path, device)
+        }
+    }
+
+    /// The tokenizer alone of what [`Student::load`] would load.
+    pub fn load_tokenizer(path: &Path) -> Result<StudentTokenizer> {
+        if is_gguf(path) {
+            crate::gguf::GgufFile::open(path)?.tokenizer()
+        } else {
+            StudentTokenizer::load(&path.join("tokenizer.json"))
         }
     }
 
@@ -109,6 +118,10 @@ impl Student {
         }
         Ok(())
     }
+}
+
+fn is_gguf(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 /// Fills a fresh `<dir>.tmp` with `fill`, then renames it over `dir` (an old

@@ -166,9 +166,12 @@ impl StudentTokenizer {
             .ok_or_else(|| StudentError::Tokenizer("this tokenizer has no chat template".into()))?;
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+            },
+        );
         let chat_err = |e: minijinja::Error| StudentError::Tokenizer(format!("chat template: {e:#}"));
         env.add_template("chat", template).map_err(chat_err)?;
         let tmpl = env.get_template("chat").map_err(chat_err)?;

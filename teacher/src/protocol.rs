@@ -29,7 +29,29 @@ pub struct ChatRequest {
     pub n: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<i64>,
+    /// Text that ends a completion (not included in it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "one_or_many")]
+    pub stop: Vec<String>,
 }
+
+/// OpenAI's `stop` is a string or a list of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+        Null(()),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+        OneOrMany::Null(()) => vec![],
+    })
+}
+
+/// Few-shot templates continue with another "Q:"; a completion ends before it.
+pub const FEW_SHOT_STOP: &str = "\nQ:";
 
 fn one() -> u32 {
     1

@@ -4,6 +4,8 @@
 //! Backends: `solver` reads a built-in arithmetic problem from the prompt and
 //! answers it exactly, step by step; `mimic` answers in the same format and
 //! tone with wrong numbers (the style-only teacher the checks must catch).
+//! A [`ChatModel`] (the `gguf` backend: a real LLM) answers instead when set;
+//! requests waiting at the same time reach it as one batch.
 //! Added latency and injected faults (429 with `Retry-After`, 500, stalls,
 //! garbage and truncated bodies) exercise clients over real HTTP.
 
@@ -86,9 +88,44 @@ impl Default for Faults {
     }
 }
 
+/// One completion a [`ChatModel`] is asked for.
 #[derive(Debug, Clone)]
+pub struct ModelJob {
+    pub messages: Vec<Message>,
+    pub max_tokens: u32,
+    pub temperature: f32,
+    pub seed: u64,
+    /// The completion ends before the first of these.
+    pub stop: Vec<String>,
+}
+
+/// What a [`ChatModel`] answers, with exact token counts.
+#[derive(Debug, Clone)]
+pub struct ModelOutput {
+    pub text: String,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    /// `stop` or `length`.
+    pub finish_reason: &'static str,
+}
+
+/// A language model behind the server. It is handed every job waiting at
+/// once, so it can decode them as one batch; it runs on its own thread.
+pub trait ChatModel: Send + Sync + 'static {
+    /// The name `/v1/models` lists.
+    fn name(&self) -> String;
+    /// One result per job, in order.
+    fn complete(&self, jobs: &[ModelJob]) -> Vec<Result<ModelOutput, String>>;
+}
+
+#[derive(Clone)]
 pub struct ServerConfig {
+    /// Answers when no `model` is set.
     pub backend: Backend,
+    /// A real model (the `gguf` backend); answers instead of `backend`.
+    pub model: Option<Arc<dyn ChatModel>>,
+    /// Most jobs handed to `model` at once.
+    pub max_batch: usize,
     /// Added to every answer.
     pub latency: Duration,
     pub faults: Faults,
@@ -99,6 +136,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             backend: Backend::Solver,
+            model: None,
+            max_batch: 16,
             latency: Duration::ZERO,
             faults: Faults::default(),
             seed: 0,
@@ -113,8 +152,12 @@ pub struct Stats {
     pub completions: AtomicU64,
 }
 
+type Reply = tokio::sync::oneshot::Sender<Result<ModelOutput, String>>;
+
 struct AppState {
     cfg: ServerConfig,
+    /// Jobs for the model's worker thread.
+    jobs: Option<std::sync::mpsc::Sender<(ModelJob, Reply)>>,
     rng: Mutex<ChaCha8Rng>,
     stats: Arc<Stats>,
 }
@@ -148,7 +191,9 @@ pub async fn start(addr: &str, cfg: ServerConfig) -> Result<LocalServer, Teacher
         .map_err(|e| TeacherError::Server(format!("bind {addr}: {e}")))?;
     let addr = listener.local_addr().map_err(|e| TeacherError::Server(e.to_string()))?;
     let stats = Arc::new(Stats::default());
+    let jobs = cfg.model.clone().map(|m| spawn_model_worker(m, cfg.max_batch.max(1)));
     let state = Arc::new(AppState {
+        jobs,
         rng: Mutex::new(ChaCha8Rng::seed_from_u64(cfg.seed)),
         cfg,
         stats: stats.clone(),
@@ -174,10 +219,39 @@ pub async fn start(addr: &str, cfg: ServerConfig) -> Result<LocalServer, Teacher
     })
 }
 
+/// The model's thread: waits for a job, takes every other job already queued
+/// (up to `max_batch`), completes them together, answers each.
+fn spawn_model_worker(model: Arc<dyn ChatModel>, max_batch: usize) -> std::sync::mpsc::Sender<(ModelJob, Reply)> {
+    let (tx, rx) = std::sync::mpsc::channel::<(ModelJob, Reply)>();
+    std::thread::Builder::new()
+        .name("teacher-model".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                while batch.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok(j) => batch.push(j),
+                        Err(_) => break,
+                    }
+                }
+                let (jobs, replies): (Vec<ModelJob>, Vec<Reply>) = batch.into_iter().unzip();
+                let t = std::time::Instant::now();
+                let outs = model.complete(&jobs);
+                tracing::debug!(batch = jobs.len(), secs = t.elapsed().as_secs_f64(), "model batch");
+                for (reply, out) in replies.into_iter().zip(outs) {
+                    let _ = reply.send(out);
+                }
+            }
+        })
+        .expect("spawn the model thread");
+    tx
+}
+
 async fn models(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let name = match s.cfg.backend {
-        Backend::Solver => "solver",
-        Backend::Mimic => "mimic",
+    let name = match (&s.cfg.model, s.cfg.backend) {
+        (Some(m), _) => m.name(),
+        (None, Backend::Solver) => "solver".into(),
+        (None, Backend::Mimic) => "mimic".into(),
     };
     Json(serde_json::json!({"object": "list", "data": [{"id": name, "object": "model", "owned_by": "stepwise"}]}))
 }
@@ -259,6 +333,9 @@ async fn chat(State(s): State<Arc<AppState>>, body: axum::body::Bytes) -> Respon
         }
         _ => {}
     }
+    if let Some(jobs) = &s.jobs {
+        return model_chat(&s, jobs, &req, n, fault).await;
+    }
     let question = req
         .messages
         .iter()
@@ -280,17 +357,77 @@ async fn chat(State(s): State<Arc<AppState>>, body: axum::body::Bytes) -> Respon
         });
     }
     s.stats.completions.fetch_add(1, Ordering::SeqCst);
+    let usage = Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens + completion_tokens,
+    };
+    respond(n, &req, choices, usage, fault)
+}
+
+/// `req` answered by the model: one job per sample, queued for its thread.
+async fn model_chat(
+    s: &AppState,
+    jobs: &std::sync::mpsc::Sender<(ModelJob, Reply)>,
+    req: &ChatRequest,
+    n: u64,
+    fault: Fault,
+) -> Response {
+    let mut waiting = Vec::new();
+    for i in 0..req.n.max(1) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = ModelJob {
+            messages: req.messages.clone(),
+            max_tokens: req.max_tokens,
+            temperature: req.temperature,
+            seed: (req.seed.unwrap_or(0) as u64)
+                .wrapping_mul(1_000_003)
+                .wrapping_add(i as u64),
+            stop: req.stop.clone(),
+        };
+        if jobs.send((job, tx)).is_err() {
+            return server_error("the model thread has stopped");
+        }
+        waiting.push(rx);
+    }
+    let mut choices = Vec::new();
+    let mut usage = Usage::default();
+    for (i, rx) in waiting.into_iter().enumerate() {
+        let out = match rx.await {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => return server_error(&e),
+            Err(_) => return server_error("the model thread dropped the request"),
+        };
+        usage.prompt_tokens = out.prompt_tokens;
+        usage.completion_tokens += out.completion_tokens;
+        choices.push(Choice {
+            index: i as u32,
+            message: Message::new("assistant", out.text),
+            finish_reason: Some(out.finish_reason.into()),
+        });
+    }
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    s.stats.completions.fetch_add(1, Ordering::SeqCst);
+    respond(n, req, choices, usage, fault)
+}
+
+fn server_error(msg: &str) -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(serde_json::json!({"error": {"message": msg, "type": "server_error"}})),
+    )
+        .into_response()
+}
+
+/// The completion's body (cut in half when that fault was drawn).
+fn respond(n: u64, req: &ChatRequest, choices: Vec<Choice>, usage: Usage, fault: Fault) -> Response {
     let resp = ChatResponse {
         id: format!("chatcmpl-{n}"),
         object: "chat.completion".into(),
         created: chrono::Utc::now().timestamp(),
         model: req.model.clone(),
         choices,
-        usage: Some(Usage {
-            prompt_tokens,
-            completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
-        }),
+        usage: Some(usage),
     };
     if fault == Fault::Truncated {
         let body = serde_json::to_string(&resp).expect("response serialises");

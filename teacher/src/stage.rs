@@ -95,6 +95,7 @@ fn request(cfg: &TeachConfig, prompts: &Prompts, ex: &Example, hint: Option<&str
         max_tokens: cfg.max_tokens,
         n: cfg.n,
         seed: cfg.seed,
+        stop: vec![crate::protocol::FEW_SHOT_STOP.into()],
     };
     (template, req)
 }

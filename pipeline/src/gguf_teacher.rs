@@ -1,0 +1,131 @@
+//! The local server's `gguf` backend: a real instruct LLM from a GGUF file,
+//! dequantised into the student crate's Llama and decoded in batches.
+//!
+//! Jobs the server hands over together decode as one left-padded batch,
+//! sorted by prompt length so padding stays small; each keeps its own
+//! `max_tokens`, temperature and seed.
+
+use std::path::Path;
+
+use anyhow::Result;
+use candle_core::DType;
+use stepwise_student::device::{compute_dtype, pick_device};
+use stepwise_student::generate::{Decode, decode_batch};
+use stepwise_student::{ChatMessage, Student};
+use stepwise_teacher::server::{ChatModel, ModelJob, ModelOutput};
+
+pub struct GgufTeacher {
+    student: Student,
+    name: String,
+    dtype: DType,
+}
+
+impl GgufTeacher {
+    pub fn open(path: &Path, device: &str) -> Result<GgufTeacher> {
+        let device = pick_device(device)?;
+        let t = std::time::Instant::now();
+        let student = Student::from_gguf(path, &device)?;
+        anyhow::ensure!(
+            student.tokenizer.chat_template.is_some(),
+            "{}: no tokenizer.chat_template in the GGUF; the gguf backend serves chat models",
+            path.display()
+        );
+        tracing::info!(
+            model = %path.display(),
+            parameters = student.config.num_parameters(),
+            secs = t.elapsed().as_secs_f64(),
+            "gguf teacher loaded"
+        );
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "gguf".into());
+        Ok(GgufTeacher {
+            dtype: compute_dtype(&device),
+            student,
+            name,
+        })
+    }
+
+    fn prompt_ids(&self, job: &ModelJob) -> Result<Vec<u32>, String> {
+        let messages: Vec<ChatMessage> = job
+            .messages
+            .iter()
+            .map(|m| ChatMessage {
+                role: m.role.clone(),
+                content: m.content.clone(),
+            })
+            .collect();
+        let text = self
+            .student
+            .tokenizer
+            .render_chat(&messages)
+            .map_err(|e| e.to_string())?;
+        let mut ids = self.student.tokenizer.encode(&text).map_err(|e| e.to_string())?;
+        let room = self
+            .student
+            .config
+            .max_position_embeddings
+            .saturating_sub(job.max_tokens as usize);
+        if ids.len() > room {
+            return Err(format!(
+                "the prompt is {} tokens; with max_tokens {} it exceeds the model's context of {}",
+                ids.len(),
+                job.max_tokens,
+                self.student.config.max_position_embeddings
+            ));
+        }
+        ids.shrink_to_fit();
+        Ok(ids)
+    }
+}
+
+impl ChatModel for GgufTeacher {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn complete(&self, jobs: &[ModelJob]) -> Vec<Result<ModelOutput, String>> {
+        let mut out: Vec<Result<ModelOutput, String>> = vec![Err("not run".into()); jobs.len()];
+        let mut ready: Vec<(usize, Vec<u32>)> = Vec::new();
+        for (i, j) in jobs.iter().enumerate() {
+            match self.prompt_ids(j) {
+                Ok(ids) => ready.push((i, ids)),
+                Err(e) => out[i] = Err(e),
+            }
+        }
+        ready.sort_by_key(|(_, ids)| ids.len());
+        let prompts: Vec<&[u32]> = ready.iter().map(|(_, ids)| ids.as_slice()).collect();
+        let opts: Vec<Decode> = ready
+            .iter()
+            .map(|(i, _)| Decode {
+                max_new_tokens: jobs[*i].max_tokens as usize,
+                temperature: jobs[*i].temperature,
+                seed: jobs[*i].seed,
+                stop: jobs[*i].stop.clone(),
+            })
+            .collect();
+        let tok = &self.student.tokenizer;
+        match decode_batch(&self.student.model, tok, &prompts, &opts, self.dtype) {
+            Ok(generated) => {
+                for ((i, ids), g) in ready.iter().zip(generated) {
+                    out[*i] = g
+                        .text(tok, &jobs[*i].stop)
+                        .map(|text| ModelOutput {
+                            text,
+                            prompt_tokens: ids.len() as u32,
+                            completion_tokens: g.ids.len() as u32 + g.stopped as u32,
+                            finish_reason: if g.stopped { "stop" } else { "length" },
+                        })
+                        .map_err(|e| e.to_string());
+                }
+            }
+            Err(e) => {
+                for (i, _) in &ready {
+                    out[*i] = Err(format!("decoding: {e}"));
+                }
+            }
+        }
+        out
+    }
+}
