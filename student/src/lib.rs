@@ -5,6 +5,8 @@
 //! - [`llama`]: a decoder-only model of the Llama / Qwen2 family written for
 //!   training (every op carries a gradient; full-sequence logits; a KV cache
 //!   for generation; HF tensor names).
+//! - [`t5`]: an encoder-decoder of the T5 family (relative position buckets,
+//!   HF's conventions), written for training, with a cached greedy decoder.
 //! - [`tokenizer`]: load `tokenizer.json`, or train a byte-level BPE in-process;
 //!   chat templates.
 //! - [`gguf`]: pretrained weights and tokenizers from GGUF files, dequantised.
@@ -26,6 +28,7 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod student;
+pub mod t5;
 pub mod tokenizer;
 pub mod train;
 

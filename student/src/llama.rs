@@ -174,7 +174,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 }
 
 /// Half precision widened to f32 for reductions and outputs; f32/f64 kept.
-fn widened(dtype: DType) -> DType {
+pub(crate) fn widened(dtype: DType) -> DType {
     match dtype {
         DType::F16 | DType::BF16 => DType::F32,
         d => d,

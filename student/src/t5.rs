@@ -1,0 +1,514 @@
+//! An encoder-decoder of the T5 family (the paper's students), written for
+//! training: every op carries a gradient, dropout is applied where Hugging
+//! Face's T5 applies it, tensor names are HF's.
+//!
+//! Where candle-transformers' T5 differs from HF's, this follows HF (the
+//! reference the paper's checkpoints come from): the tied output is scaled by
+//! `d_model^-0.5`; the decoder's relative-position buckets are unidirectional;
+//! padding keys are masked; attention scores are not scaled by `1/sqrt(d_kv)`
+//! (T5 folds that into its initialisation).
+
+use std::collections::BTreeMap;
+
+use candle_core::{D, DType, Device, Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::llama::{MASKED, linear, rms_norm};
+use crate::params::{Dropout, ParamStore};
+
+/// The model's shape, as HF's T5 `config.json` names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct T5Config {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub d_kv: usize,
+    pub d_ff: usize,
+    pub num_layers: usize,
+    #[serde(default)]
+    pub num_decoder_layers: Option<usize>,
+    pub num_heads: usize,
+    #[serde(default = "default_buckets")]
+    pub relative_attention_num_buckets: usize,
+    #[serde(default = "default_max_distance")]
+    pub relative_attention_max_distance: usize,
+    #[serde(default = "default_dropout")]
+    pub dropout_rate: f64,
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    /// `relu` (T5 v1.0) or `gated-gelu` (v1.1, flan-t5).
+    #[serde(default = "default_ff")]
+    pub feed_forward_proj: String,
+    #[serde(default = "yes")]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub pad_token_id: u32,
+    #[serde(default = "one")]
+    pub eos_token_id: u32,
+    #[serde(default)]
+    pub decoder_start_token_id: u32,
+    #[serde(default = "t5_type")]
+    pub model_type: String,
+}
+
+fn default_buckets() -> usize {
+    32
+}
+fn default_max_distance() -> usize {
+    128
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_ff() -> String {
+    "relu".into()
+}
+fn yes() -> bool {
+    true
+}
+fn one() -> u32 {
+    1
+}
+fn t5_type() -> String {
+    "t5".into()
+}
+
+impl T5Config {
+    /// t5-small's shape (60M parameters with a 32,128 vocabulary).
+    pub fn small(vocab_size: usize) -> T5Config {
+        T5Config {
+            vocab_size,
+            d_model: 512,
+            d_kv: 64,
+            d_ff: 2048,
+            num_layers: 6,
+            num_decoder_layers: None,
+            num_heads: 8,
+            relative_attention_num_buckets: 32,
+            relative_attention_max_distance: 128,
+            dropout_rate: 0.1,
+            layer_norm_epsilon: 1e-6,
+            feed_forward_proj: "relu".into(),
+            tie_word_embeddings: true,
+            pad_token_id: 0,
+            eos_token_id: 1,
+            decoder_start_token_id: 0,
+            model_type: "t5".into(),
+        }
+    }
+
+    pub fn decoder_layers(&self) -> usize {
+        self.num_decoder_layers.unwrap_or(self.num_layers)
+    }
+
+    fn gated(&self) -> bool {
+        self.feed_forward_proj.starts_with("gated")
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !matches!(self.feed_forward_proj.as_str(), "relu" | "gated-gelu") {
+            return Err(format!(
+                "feed_forward_proj {:?}: expected \"relu\" or \"gated-gelu\"",
+                self.feed_forward_proj
+            ));
+        }
+        if self.num_heads == 0 || self.d_kv == 0 || self.relative_attention_num_buckets < 4 {
+            return Err("num_heads, d_kv and relative_attention_num_buckets (>= 4) must be set".into());
+        }
+        Ok(())
+    }
+
+    /// Every parameter's HF name and shape.
+    pub fn parameter_shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        let (d, inner, ff, h) = (self.d_model, self.num_heads * self.d_kv, self.d_ff, self.num_heads);
+        let mut m = BTreeMap::new();
+        m.insert("shared.weight".into(), vec![self.vocab_size, d]);
+        if !self.tie_word_embeddings {
+            m.insert("lm_head.weight".into(), vec![self.vocab_size, d]);
+        }
+        let attn = |m: &mut BTreeMap<String, Vec<usize>>, p: &str| {
+            for x in ["q", "k", "v"] {
+                m.insert(format!("{p}.{x}.weight"), vec![inner, d]);
+            }
+            m.insert(format!("{p}.o.weight"), vec![d, inner]);
+        };
+        let ffn = |m: &mut BTreeMap<String, Vec<usize>>, p: &str| {
+            if self.gated() {
+                m.insert(format!("{p}.DenseReluDense.wi_0.weight"), vec![ff, d]);
+                m.insert(format!("{p}.DenseReluDense.wi_1.weight"), vec![ff, d]);
+            } else {
+                m.insert(format!("{p}.DenseReluDense.wi.weight"), vec![ff, d]);
+            }
+            m.insert(format!("{p}.DenseReluDense.wo.weight"), vec![d, ff]);
+            m.insert(format!("{p}.layer_norm.weight"), vec![d]);
+        };
+        for stack in ["encoder", "decoder"] {
+            let layers = if stack == "encoder" {
+                self.num_layers
+            } else {
+                self.decoder_layers()
+            };
+            for l in 0..layers {
+                let b = format!("{stack}.block.{l}");
+                attn(&mut m, &format!("{b}.layer.0.SelfAttention"));
+                m.insert(format!("{b}.layer.0.layer_norm.weight"), vec![d]);
+                if l == 0 {
+                    m.insert(
+                        format!("{b}.layer.0.SelfAttention.relative_attention_bias.weight"),
+                        vec![self.relative_attention_num_buckets, h],
+                    );
+                }
+                if stack == "encoder" {
+                    ffn(&mut m, &format!("{b}.layer.1"));
+                } else {
+                    attn(&mut m, &format!("{b}.layer.1.EncDecAttention"));
+                    m.insert(format!("{b}.layer.1.layer_norm.weight"), vec![d]);
+                    ffn(&mut m, &format!("{b}.layer.2"));
+                }
+            }
+            m.insert(format!("{stack}.final_layer_norm.weight"), vec![d]);
+        }
+        m
+    }
+
+    pub fn num_parameters(&self) -> usize {
+        self.parameter_shapes()
+            .values()
+            .map(|s| s.iter().product::<usize>())
+            .sum()
+    }
+}
+
+/// HF's `_relative_position_bucket` for `relative = key - query`.
+pub fn relative_position_bucket(relative: i64, bidirectional: bool, num_buckets: usize, max_distance: usize) -> usize {
+    let mut buckets = num_buckets as i64;
+    let mut ret = 0i64;
+    let n = if bidirectional {
+        buckets /= 2;
+        if relative > 0 {
+            ret += buckets;
+        }
+        relative.abs()
+    } else {
+        (-relative).max(0)
+    };
+    let max_exact = buckets / 2;
+    if n < max_exact {
+        ret += n;
+    } else {
+        let large = max_exact
+            + ((n as f64 / max_exact as f64).ln() / (max_distance as f64 / max_exact as f64).ln()
+                * (buckets - max_exact) as f64) as i64;
+        ret += large.min(buckets - 1);
+    }
+    ret as usize
+}
+
+/// Keys and values of one decoder's generation so far: self-attention grows
+/// a token at a time; cross-attention over the encoder is computed once.
+#[derive(Default)]
+pub struct T5Cache {
+    self_kv: Vec<Option<(Tensor, Tensor)>>,
+    cross_kv: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl T5Cache {
+    pub fn new(layers: usize) -> T5Cache {
+        T5Cache {
+            self_kv: vec![None; layers],
+            cross_kv: vec![None; layers],
+        }
+    }
+    /// Decoder tokens cached so far.
+    pub fn len(&self) -> usize {
+        self.self_kv
+            .first()
+            .and_then(|l| l.as_ref())
+            .map(|(k, _)| k.dim(2).unwrap_or(0))
+            .unwrap_or(0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The encoder-decoder; tensors share storage with the `ParamStore`'s vars.
+pub struct T5 {
+    pub config: T5Config,
+    p: BTreeMap<String, Tensor>,
+}
+
+/// `(b, 1, 1, t)` additive mask hiding padding keys of right-padded rows.
+pub fn padding_mask(lengths: &[usize], t: usize, dev: &Device) -> Result<Tensor> {
+    let mut m = vec![0f32; lengths.len() * t];
+    for (r, &len) in lengths.iter().enumerate() {
+        m[r * t + len.min(t)..(r + 1) * t].fill(MASKED);
+    }
+    Tensor::from_vec(m, (lengths.len(), 1, 1, t), dev)
+}
+
+fn drop(x: Tensor, dropout: &mut Option<&mut Dropout>) -> Result<Tensor> {
+    match dropout.as_deref_mut() {
+        Some(d) => d.apply(&x),
+        None => Ok(x),
+    }
+}
+
+impl T5 {
+    pub fn new(config: &T5Config, params: &ParamStore) -> Result<T5> {
+        config.validate().map_err(candle_core::Error::msg)?;
+        let mut p = BTreeMap::new();
+        for (name, shape) in config.parameter_shapes() {
+            let t = params.get(&name)?;
+            if t.dims() != shape.as_slice() {
+                candle_core::bail!("parameter {name}: shape {:?}, config expects {:?}", t.dims(), shape)
+            }
+            p.insert(name, t);
+        }
+        Ok(T5 {
+            config: config.clone(),
+            p,
+        })
+    }
+
+    fn w(&self, name: &str) -> &Tensor {
+        &self.p[name]
+    }
+
+    /// `(1, heads, q, k)` position bias from the stack's first block, for
+    /// queries at `q0..q0+q` and keys at `0..k`.
+    fn position_bias(&self, stack: &str, q0: usize, q: usize, k: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
+        let c = &self.config;
+        let bidirectional = stack == "encoder";
+        let mut idx = Vec::with_capacity(q * k);
+        for i in q0..q0 + q {
+            for j in 0..k {
+                idx.push(relative_position_bucket(
+                    j as i64 - i as i64,
+                    bidirectional,
+                    c.relative_attention_num_buckets,
+                    c.relative_attention_max_distance,
+                ) as u32);
+            }
+        }
+        let idx = Tensor::from_vec(idx, q * k, dev)?;
+        let table = self.w(&format!(
+            "{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+        ));
+        table
+            .index_select(&idx, 0)?
+            .reshape((q, k, c.num_heads))?
+            .permute((2, 0, 1))?
+            .unsqueeze(0)?
+            .to_dtype(dtype)
+    }
+
+    /// Multi-head attention of `x` over `kv` (`(b, heads, tk, d_kv)` each),
+    /// plus `bias` (position bias and masks, broadcast to `(b, heads, t, tk)`).
+    fn attend(
+        &self,
+        p: &str,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: &Tensor,
+        dropout: &mut Option<&mut Dropout>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, t, _) = x.dims3()?;
+        let q = linear(x, self.w(&format!("{p}.q.weight")), None)?
+            .reshape((b, t, c.num_heads, c.d_kv))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
+        let att = drop(crate::ops::softmax_last(&scores)?, dropout)?;
+        let y = att.matmul(v)?.transpose(1, 2)?.reshape((b, t, c.num_heads * c.d_kv))?;
+        linear(&y, self.w(&format!("{p}.o.weight")), None)
+    }
+
+    /// Keys and values of `x` for attention block `p`, `(b, heads, t, d_kv)`.
+    fn keys_values(&self, p: &str, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let c = &self.config;
+        let (b, t, _) = x.dims3()?;
+        let proj = |n: &str| -> Result<Tensor> {
+            linear(x, self.w(&format!("{p}.{n}.weight")), None)?
+                .reshape((b, t, c.num_heads, c.d_kv))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        Ok((proj("k")?, proj("v")?))
+    }
+
+    fn feed_forward(&self, p: &str, x: &Tensor, dropout: &mut Option<&mut Dropout>) -> Result<Tensor> {
+        let c = &self.config;
+        let h = rms_norm(x, self.w(&format!("{p}.layer_norm.weight")), c.layer_norm_epsilon)?;
+        let act = if c.gated() {
+            let g = linear(&h, self.w(&format!("{p}.DenseReluDense.wi_0.weight")), None)?.gelu()?;
+            (g * linear(&h, self.w(&format!("{p}.DenseReluDense.wi_1.weight")), None)?)?
+        } else {
+            linear(&h, self.w(&format!("{p}.DenseReluDense.wi.weight")), None)?.relu()?
+        };
+        let act = drop(act, dropout)?;
+        let y = linear(&act, self.w(&format!("{p}.DenseReluDense.wo.weight")), None)?;
+        x + drop(y, dropout)?
+    }
+
+    fn embed(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        self.w("shared.weight")
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.config.d_model))?
+            .to_dtype(dtype)
+    }
+
+    /// Encoder states `(b, t, d_model)` for right-padded `ids` of `lengths`.
+    pub fn encode(
+        &self,
+        ids: &Tensor,
+        lengths: &[usize],
+        mut dropout: Option<&mut Dropout>,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (_, t) = ids.dims2()?;
+        let dev = ids.device();
+        let bias = self
+            .position_bias("encoder", 0, t, t, dtype, dev)?
+            .broadcast_add(&padding_mask(lengths, t, dev)?.to_dtype(dtype)?)?;
+        let mut x = drop(self.embed(ids, dtype)?, &mut dropout)?;
+        for l in 0..c.num_layers {
+            let p = format!("encoder.block.{l}.layer.0");
+            let h = rms_norm(&x, self.w(&format!("{p}.layer_norm.weight")), c.layer_norm_epsilon)?;
+            let (k, v) = self.keys_values(&format!("{p}.SelfAttention"), &h)?;
+            let y = self.attend(&format!("{p}.SelfAttention"), &h, &k, &v, &bias, &mut dropout)?;
+            x = (x + drop(y, &mut dropout)?)?;
+            x = self.feed_forward(&format!("encoder.block.{l}.layer.1"), &x, &mut dropout)?;
+        }
+        let x = rms_norm(&x, self.w("encoder.final_layer_norm.weight"), c.layer_norm_epsilon)?;
+        drop(x, &mut dropout)
+    }
+
+    /// Decoder logits for `dec_ids` `(b, t)` (teacher forcing: the targets
+    /// shifted right behind `decoder_start_token_id`), attending to `enc`
+    /// (with `enc_lengths`). With a cache, `dec_ids` continue what it holds.
+    pub fn decode(
+        &self,
+        dec_ids: &Tensor,
+        enc: &Tensor,
+        enc_lengths: &[usize],
+        mut cache: Option<&mut T5Cache>,
+        mut dropout: Option<&mut Dropout>,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (_, t) = dec_ids.dims2()?;
+        let dev = dec_ids.device();
+        let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let tk = past + t;
+        // Causal: query i (at past + i) sees keys 0..=past + i.
+        let mut causal = vec![0f32; t * tk];
+        for i in 0..t {
+            for j in past + i + 1..tk {
+                causal[i * tk + j] = MASKED;
+            }
+        }
+        let self_bias = self
+            .position_bias("decoder", past, t, tk, dtype, dev)?
+            .broadcast_add(&Tensor::from_vec(causal, (1, 1, t, tk), dev)?.to_dtype(dtype)?)?;
+        let enc_t = enc.dim(1)?;
+        let cross_bias = padding_mask(enc_lengths, enc_t, dev)?.to_dtype(dtype)?;
+        let mut x = drop(self.embed(dec_ids, dtype)?, &mut dropout)?;
+        for l in 0..c.decoder_layers() {
+            let p = format!("decoder.block.{l}.layer.0");
+            let h = rms_norm(&x, self.w(&format!("{p}.layer_norm.weight")), c.layer_norm_epsilon)?;
+            let (mut k, mut v) = self.keys_values(&format!("{p}.SelfAttention"), &h)?;
+            if let Some(cc) = cache.as_deref_mut() {
+                if let Some((pk, pv)) = &cc.self_kv[l] {
+                    k = Tensor::cat(&[pk, &k], 2)?;
+                    v = Tensor::cat(&[pv, &v], 2)?;
+                }
+                cc.self_kv[l] = Some((k.detach(), v.detach()));
+            }
+            let y = self.attend(&format!("{p}.SelfAttention"), &h, &k, &v, &self_bias, &mut dropout)?;
+            x = (x + drop(y, &mut dropout)?)?;
+
+            let p = format!("decoder.block.{l}.layer.1");
+            let h = rms_norm(&x, self.w(&format!("{p}.layer_norm.weight")), c.layer_norm_epsilon)?;
+            let cached = cache.as_deref().and_then(|cc| cc.cross_kv[l].clone());
+            let (k, v) = match cached {
+                Some(kv) => kv,
+                None => {
+                    let kv = self.keys_values(&format!("{p}.EncDecAttention"), enc)?;
+                    if let Some(cc) = cache.as_deref_mut() {
+                        cc.cross_kv[l] = Some((kv.0.detach(), kv.1.detach()));
+                    }
+                    kv
+                }
+            };
+            let y = self.attend(&format!("{p}.EncDecAttention"), &h, &k, &v, &cross_bias, &mut dropout)?;
+            x = (x + drop(y, &mut dropout)?)?;
+            x = self.feed_forward(&format!("decoder.block.{l}.layer.2"), &x, &mut dropout)?;
+        }
+        let x = rms_norm(&x, self.w("decoder.final_layer_norm.weight"), c.layer_norm_epsilon)?;
+        let x = drop(x, &mut dropout)?;
+        let logits = match self.p.get("lm_head.weight") {
+            Some(head) => linear(&x, head, None)?,
+            None => linear(&(x * (c.d_model as f64).powf(-0.5))?, self.w("shared.weight"), None)?,
+        };
+        logits.to_dtype(crate::llama::widened(dtype))
+    }
+
+    /// Teacher-forced logits `(b, t_dec, vocab)`.
+    pub fn forward_train(
+        &self,
+        enc_ids: &Tensor,
+        enc_lengths: &[usize],
+        dec_ids: &Tensor,
+        mut dropout: Option<&mut Dropout>,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let enc = self.encode(enc_ids, enc_lengths, dropout.as_deref_mut(), dtype)?;
+        self.decode(dec_ids, &enc, enc_lengths, None, dropout, dtype)
+    }
+
+    /// Greedy decoding of right-padded inputs, each up to `max_new_tokens` or
+    /// `eos_token_id`; the cache keeps decoder keys/values and the
+    /// cross-attention's projections of the encoder.
+    pub fn generate(
+        &self,
+        enc_ids: &Tensor,
+        enc_lengths: &[usize],
+        max_new_tokens: usize,
+        dtype: DType,
+    ) -> Result<Vec<Vec<u32>>> {
+        let c = &self.config;
+        let (b, _) = enc_ids.dims2()?;
+        let dev = enc_ids.device().clone();
+        let enc = self.encode(enc_ids, enc_lengths, None, dtype)?;
+        let mut cache = T5Cache::new(c.decoder_layers());
+        let mut next = vec![c.decoder_start_token_id; b];
+        let mut out = vec![Vec::new(); b];
+        let mut done = vec![false; b];
+        for _ in 0..max_new_tokens {
+            let ids = Tensor::from_vec(next.clone(), (b, 1), &dev)?;
+            let logits = self.decode(&ids, &enc, enc_lengths, Some(&mut cache), None, dtype)?;
+            next = logits.squeeze(1)?.argmax(D::Minus1)?.to_vec1()?;
+            for r in 0..b {
+                if done[r] {
+                    continue;
+                }
+                if next[r] == c.eos_token_id {
+                    done[r] = true;
+                } else {
+                    out[r].push(next[r]);
+                }
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
