@@ -154,8 +154,11 @@ impl Default for TeacherSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StudentSection {
-    /// `scratch`, or an HF-style directory to start from.
+    /// `scratch`, an HF-style directory, or a `.gguf` file to start from.
     pub init: String,
+    /// From scratch: `llama` (decoder-only) or `t5` (encoder-decoder, as in
+    /// the paper; `layers` each for encoder and decoder, `d_ff` 4 × hidden).
+    pub arch: String,
     pub hidden_size: usize,
     pub layers: usize,
     pub heads: usize,
@@ -170,6 +173,7 @@ impl Default for StudentSection {
     fn default() -> Self {
         StudentSection {
             init: "scratch".into(),
+            arch: "llama".into(),
             hidden_size: 128,
             layers: 4,
             heads: 4,
@@ -258,6 +262,12 @@ impl RunConfig {
         }
         if self.teacher.kind == "http" && self.teacher.base_url.is_empty() {
             return Err("teacher.base_url: required when teacher.kind = \"http\"".into());
+        }
+        if !matches!(self.student.arch.as_str(), "llama" | "t5") {
+            return Err(format!(
+                "student.arch = {:?}: expected \"llama\" or \"t5\"",
+                self.student.arch
+            ));
         }
         if self.students.variants.is_empty() {
             return Err("students.variants: give at least one of distill, label-gold, label-teacher".into());

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::DType;
 use stepwise_student::device::{compute_dtype, pick_device};
 use stepwise_student::generate::{Decode, decode_batch};
@@ -18,6 +18,8 @@ pub struct GgufTeacher {
     student: Student,
     name: String,
     dtype: DType,
+    /// The model's context length.
+    context: usize,
 }
 
 impl GgufTeacher {
@@ -36,6 +38,11 @@ impl GgufTeacher {
             secs = t.elapsed().as_secs_f64(),
             "gguf teacher loaded"
         );
+        let context = student
+            .config
+            .llama()
+            .map(|c| c.max_position_embeddings)
+            .context("a GGUF model is decoder-only")?;
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -44,6 +51,7 @@ impl GgufTeacher {
             dtype: compute_dtype(&device),
             student,
             name,
+            context,
         })
     }
 
@@ -62,17 +70,13 @@ impl GgufTeacher {
             .render_chat(&messages)
             .map_err(|e| e.to_string())?;
         let mut ids = self.student.tokenizer.encode(&text).map_err(|e| e.to_string())?;
-        let room = self
-            .student
-            .config
-            .max_position_embeddings
-            .saturating_sub(job.max_tokens as usize);
+        let room = self.context.saturating_sub(job.max_tokens as usize);
         if ids.len() > room {
             return Err(format!(
                 "the prompt is {} tokens; with max_tokens {} it exceeds the model's context of {}",
                 ids.len(),
                 job.max_tokens,
-                self.student.config.max_position_embeddings
+                self.context
             ));
         }
         ids.shrink_to_fit();
@@ -106,7 +110,12 @@ impl ChatModel for GgufTeacher {
             })
             .collect();
         let tok = &self.student.tokenizer;
-        match decode_batch(&self.student.model, tok, &prompts, &opts, self.dtype) {
+        let model = self
+            .student
+            .model
+            .llama()
+            .expect("open() checked the model is decoder-only");
+        match decode_batch(model, tok, &prompts, &opts, self.dtype) {
             Ok(generated) => {
                 for ((i, ids), g) in ready.iter().zip(generated) {
                     out[*i] = g

@@ -25,7 +25,7 @@ use stepwise_student::data::{Task, Variant, input_text, prompt, study_examples};
 use stepwise_student::device::{compute_dtype, pick_device};
 use stepwise_student::generate::generate as generate_text;
 use stepwise_student::train::{LogLine, ValExample, train};
-use stepwise_student::{Config, Student, StudentTokenizer};
+use stepwise_student::{Config, ModelConfig, Student, StudentTokenizer, T5Config};
 use stepwise_teacher::ClientConfig;
 use stepwise_teacher::server::{self, Backend, ServerConfig};
 use stepwise_teacher::stage::{Price, TeachConfig, curate, paths_in, teach};
@@ -411,9 +411,21 @@ fn base_student(cfg: &RunConfig, tok: &StudentTokenizer, device: &candle_core::D
         return Ok(Student::load(Path::new(&cfg.student.init), device)?);
     }
     let s = &cfg.student;
-    let mut c = Config::tiny(0, s.hidden_size, s.layers, s.heads, s.kv_heads);
-    c.max_position_embeddings = cfg.train.max_len.max(cfg.eval.rationale_tokens + 256);
-    Ok(Student::from_scratch(c, tok.clone(), cfg.run.seed, device)?)
+    let config: ModelConfig = if s.arch == "t5" {
+        let mut c = T5Config::small(0);
+        c.d_model = s.hidden_size;
+        c.num_heads = s.heads;
+        c.d_kv = s.hidden_size / s.heads.max(1);
+        c.d_ff = 4 * s.hidden_size;
+        c.num_layers = s.layers;
+        c.dropout_rate = cfg.train.dropout as f64;
+        c.into()
+    } else {
+        let mut c = Config::tiny(0, s.hidden_size, s.layers, s.heads, s.kv_heads);
+        c.max_position_embeddings = cfg.train.max_len.max(cfg.eval.rationale_tokens + 256);
+        c.into()
+    };
+    Ok(Student::from_scratch(config, tok.clone(), cfg.run.seed, device)?)
 }
 
 // ---------------------------------------------------------------- eval

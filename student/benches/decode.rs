@@ -35,6 +35,8 @@ fn main() {
     );
     // Forced length: nothing stops a row early.
     s.tokenizer.stop_ids.clear();
+    let s = s;
+    let model = s.model.llama().expect("a GGUF model is decoder-only");
     let prompt = s
         .tokenizer
         .render_chat(&[ChatMessage {
@@ -49,18 +51,11 @@ fn main() {
     for &b in &batches {
         let prompts: Vec<&[u32]> = vec![ids.as_slice(); b];
         let t = Instant::now();
-        decode_batch(
-            &s.model,
-            &s.tokenizer,
-            &prompts,
-            &vec![Decode::greedy(1); b],
-            DType::F32,
-        )
-        .unwrap();
+        decode_batch(model, &s.tokenizer, &prompts, &vec![Decode::greedy(1); b], DType::F32).unwrap();
         let prefill = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let out = decode_batch(
-            &s.model,
+            model,
             &s.tokenizer,
             &prompts,
             &vec![Decode::greedy(new_tokens); b],

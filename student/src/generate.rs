@@ -11,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::Result;
 use crate::llama::{KvCache, Llama, left_padded_mask};
+use crate::student::Model;
 use crate::tokenizer::StudentTokenizer;
 
 /// How one row decodes.
@@ -64,18 +65,18 @@ const STOP_WINDOW: usize = 16;
 /// Greedy continuations of `prompts`, each up to `max_new_tokens` or a stop
 /// token, returned in the prompts' order.
 pub fn generate(
-    model: &Llama,
+    model: &Model,
     tok: &StudentTokenizer,
     prompts: &[String],
     max_new_tokens: usize,
     batch_size: usize,
     dtype: DType,
 ) -> Result<Vec<String>> {
-    let max_prompt = model
-        .config
-        .max_position_embeddings
-        .saturating_sub(max_new_tokens)
-        .max(1);
+    let max_prompt = match model {
+        Model::Llama(m) => m.config.max_position_embeddings.saturating_sub(max_new_tokens).max(1),
+        // Relative positions: no limit but memory.
+        Model::T5(_) => usize::MAX,
+    };
     let mut encoded: Vec<(usize, Vec<u32>)> = Vec::with_capacity(prompts.len());
     for (i, p) in prompts.iter().enumerate() {
         let mut ids = tok.encode(p)?;
@@ -88,10 +89,27 @@ pub fn generate(
     let mut out = vec![String::new(); prompts.len()];
     for chunk in encoded.chunks(batch_size.max(1)) {
         let ids: Vec<&[u32]> = chunk.iter().map(|(_, ids)| ids.as_slice()).collect();
-        let opts = vec![Decode::greedy(max_new_tokens); ids.len()];
-        let generated = decode_batch(model, tok, &ids, &opts, dtype)?;
+        let generated: Vec<Vec<u32>> = match model {
+            Model::Llama(m) => {
+                let opts = vec![Decode::greedy(max_new_tokens); ids.len()];
+                decode_batch(m, tok, &ids, &opts, dtype)?
+                    .into_iter()
+                    .map(|g| g.ids)
+                    .collect()
+            }
+            Model::T5(m) => {
+                let t = ids.iter().map(|p| p.len()).max().unwrap_or(1).max(1);
+                let mut flat = vec![tok.pad_id; ids.len() * t];
+                for (r, p) in ids.iter().enumerate() {
+                    flat[r * t..r * t + p.len()].copy_from_slice(p);
+                }
+                let lengths: Vec<usize> = ids.iter().map(|p| p.len()).collect();
+                let enc = Tensor::from_vec(flat, (ids.len(), t), m.device())?;
+                m.generate(&enc, &lengths, max_new_tokens, dtype)?
+            }
+        };
         for ((i, _), g) in chunk.iter().zip(generated) {
-            out[*i] = tok.decode(&g.ids)?;
+            out[*i] = tok.decode(&g)?;
         }
     }
     Ok(out)

@@ -35,6 +35,7 @@ pub mod train;
 pub use data::{StudyExample, Variant};
 pub use error::{Result, StudentError};
 pub use llama::Config;
-pub use student::Student;
+pub use student::{Model, ModelConfig, Student};
+pub use t5::T5Config;
 pub use tokenizer::{ChatMessage, StudentTokenizer};
 pub use train::{TrainConfig, TrainSummary, ValExample};

@@ -1,6 +1,7 @@
 //! A student on disk and in memory: an HF-style directory (`config.json`,
 //! `model.safetensors`, `tokenizer.json`) that `transformers` can load.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::Device;
@@ -8,29 +9,126 @@ use candle_core::Device;
 use crate::error::{Result, StudentError, io};
 use crate::llama::{Config, Llama};
 use crate::params::ParamStore;
+use crate::t5::{T5, T5Config};
 use crate::tokenizer::StudentTokenizer;
 
+/// A student's shape: decoder-only (Llama / Qwen2) or encoder-decoder (T5),
+/// told apart in `config.json` by `model_type`, as HF does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    Llama(Config),
+    T5(T5Config),
+}
+
+impl ModelConfig {
+    pub fn parameter_shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        match self {
+            ModelConfig::Llama(c) => c.parameter_shapes(),
+            ModelConfig::T5(c) => c.parameter_shapes(),
+        }
+    }
+
+    pub fn num_parameters(&self) -> usize {
+        self.parameter_shapes()
+            .values()
+            .map(|s| s.iter().product::<usize>())
+            .sum()
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        match self {
+            ModelConfig::Llama(c) => c.validate(),
+            ModelConfig::T5(c) => c.validate(),
+        }
+    }
+
+    /// The decoder-only config, if this is one.
+    pub fn llama(&self) -> Option<&Config> {
+        match self {
+            ModelConfig::Llama(c) => Some(c),
+            ModelConfig::T5(_) => None,
+        }
+    }
+
+    /// Sets the vocabulary and special ids from the tokenizer.
+    fn adopt(&mut self, tok: &StudentTokenizer) {
+        match self {
+            ModelConfig::Llama(c) => {
+                c.vocab_size = tok.vocab_size();
+                c.eos_token_id = Some(tok.eos_id);
+                c.pad_token_id = Some(tok.pad_id);
+            }
+            ModelConfig::T5(c) => {
+                c.vocab_size = tok.vocab_size();
+                c.eos_token_id = tok.eos_id;
+                c.pad_token_id = tok.pad_id;
+                c.decoder_start_token_id = tok.pad_id;
+            }
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        match self {
+            ModelConfig::Llama(c) => serde_json::to_string_pretty(c),
+            ModelConfig::T5(c) => serde_json::to_string_pretty(c),
+        }
+        .expect("config serialises")
+    }
+
+    pub fn from_json(text: &str) -> std::result::Result<ModelConfig, String> {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let cfg = match v.get("model_type").and_then(|t| t.as_str()) {
+            Some("t5") => ModelConfig::T5(serde_json::from_value(v).map_err(|e| e.to_string())?),
+            _ => ModelConfig::Llama(serde_json::from_value(v).map_err(|e| e.to_string())?),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn build(&self, params: &ParamStore) -> Result<Model> {
+        Ok(match self {
+            ModelConfig::Llama(c) => Model::Llama(Llama::new(c, params)?),
+            ModelConfig::T5(c) => Model::T5(T5::new(c, params)?),
+        })
+    }
+}
+
+/// The model itself, built over the student's parameters.
+pub enum Model {
+    Llama(Llama),
+    T5(T5),
+}
+
+impl Model {
+    /// The decoder-only model, if this is one.
+    pub fn llama(&self) -> Option<&Llama> {
+        match self {
+            Model::Llama(m) => Some(m),
+            Model::T5(_) => None,
+        }
+    }
+}
+
 pub struct Student {
-    pub config: Config,
+    pub config: ModelConfig,
     pub params: ParamStore,
-    pub model: Llama,
+    pub model: Model,
     pub tokenizer: StudentTokenizer,
 }
 
 impl Student {
     /// Fresh weights from `config` (normal, std 0.02), fixed by `seed`.
     pub fn from_scratch(
-        mut config: Config,
+        config: impl Into<ModelConfig>,
         tokenizer: StudentTokenizer,
         seed: u64,
         device: &Device,
     ) -> Result<Student> {
-        config.vocab_size = tokenizer.vocab_size();
-        config.eos_token_id = Some(tokenizer.eos_id);
-        config.pad_token_id = Some(tokenizer.pad_id);
+        let mut config = config.into();
+        config.adopt(&tokenizer);
         config.validate().map_err(StudentError::Config)?;
         let params = ParamStore::init(&config.parameter_shapes(), 0.02, seed, device)?;
-        let model = Llama::new(&config, &params)?;
+        let model = config.build(&params)?;
         Ok(Student {
             config,
             params,
@@ -43,17 +141,13 @@ impl Student {
     pub fn load_dir(dir: &Path, device: &Device) -> Result<Student> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?;
-        let config: Config = serde_json::from_str(&text).map_err(|e| StudentError::Format {
-            path: cfg_path.clone(),
-            msg: e.to_string(),
-        })?;
-        config.validate().map_err(|msg| StudentError::Format {
+        let config = ModelConfig::from_json(&text).map_err(|msg| StudentError::Format {
             path: cfg_path.clone(),
             msg,
         })?;
         let params = ParamStore::load(&dir.join("model.safetensors"), &config.parameter_shapes(), device)?;
         let tokenizer = StudentTokenizer::load(&dir.join("tokenizer.json"))?;
-        let model = Llama::new(&config, &params)?;
+        let model = config.build(&params)?;
         Ok(Student {
             config,
             params,
@@ -69,9 +163,9 @@ impl Student {
         let config = file.config()?;
         let tokenizer = file.tokenizer()?;
         let params = file.params(&config, device)?;
-        let model = Llama::new(&config, &params)?;
+        let model = Model::Llama(Llama::new(&config, &params)?);
         Ok(Student {
-            config,
+            config: ModelConfig::Llama(config),
             params,
             model,
             tokenizer,
@@ -104,7 +198,7 @@ impl Student {
 
     /// The three files, into an existing directory.
     pub fn write_files(&self, dir: &Path) -> Result<()> {
-        let cfg = serde_json::to_string_pretty(&self.config).expect("config serialises");
+        let cfg = self.config.to_json();
         let p = dir.join("config.json");
         std::fs::write(&p, cfg).map_err(io(&p))?;
         self.params.save(&dir.join("model.safetensors"))?;
@@ -122,6 +216,18 @@ impl Student {
 
 fn is_gguf(path: &Path) -> bool {
     path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+impl From<Config> for ModelConfig {
+    fn from(c: Config) -> ModelConfig {
+        ModelConfig::Llama(c)
+    }
+}
+
+impl From<T5Config> for ModelConfig {
+    fn from(c: T5Config) -> ModelConfig {
+        ModelConfig::T5(c)
+    }
 }
 
 /// Fills a fresh `<dir>.tmp` with `fill`, then renames it over `dir` (an old

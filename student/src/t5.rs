@@ -277,6 +277,10 @@ impl T5 {
         &self.p[name]
     }
 
+    pub fn device(&self) -> &Device {
+        self.w("shared.weight").device()
+    }
+
     /// `(1, heads, q, k)` position bias from the stack's first block, for
     /// queries at `q0..q0+q` and keys at `0..k`.
     fn position_bias(&self, stack: &str, q0: usize, q: usize, k: usize, dtype: DType, dev: &Device) -> Result<Tensor> {

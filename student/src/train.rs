@@ -20,7 +20,7 @@ use crate::error::{Result, StudentError, io};
 use crate::generate::generate;
 use crate::optim::{AdamW, AdamWConfig, Grads, clip_global_norm, lr_at};
 use crate::params::{Dropout, ParamStore};
-use crate::student::{Student, write_dir_atomically};
+use crate::student::{Model, Student, write_dir_atomically};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -447,28 +447,68 @@ fn task_loss(
         return Ok(None);
     }
     let dev = student.params.device().clone();
+    let pad = student.tokenizer.pad_id;
     let n = seqs.len();
-    let t = seqs.iter().map(|s| s.ids.len() - 1).max().unwrap_or(1).max(1);
-    let mut ids = vec![student.tokenizer.pad_id; n * t];
-    let mut targets = vec![0u32; n * t];
-    let mut w = vec![0f32; n * t];
-    let mut lengths = Vec::with_capacity(n);
-    for (r, s) in seqs.iter().enumerate() {
-        let len = s.ids.len() - 1;
-        lengths.push(len);
-        ids[r * t..r * t + len].copy_from_slice(&s.ids[..len]);
-        targets[r * t..r * t + len].copy_from_slice(&s.ids[1..]);
-        // Position j predicts token j+1: a target token when j+1 >= target_start.
-        for j in s.target_start.saturating_sub(1)..len {
-            w[r * t + j] = 1.0;
+    // Logits `(n, t, vocab)`, the token each position should predict, and
+    // which positions are target tokens.
+    let (logits, targets, w, t) = match &student.model {
+        Model::Llama(m) => {
+            let t = seqs.iter().map(|s| s.ids.len() - 1).max().unwrap_or(1).max(1);
+            let mut ids = vec![pad; n * t];
+            let mut targets = vec![0u32; n * t];
+            let mut w = vec![0f32; n * t];
+            let mut lengths = Vec::with_capacity(n);
+            for (r, s) in seqs.iter().enumerate() {
+                let len = s.ids.len() - 1;
+                lengths.push(len);
+                ids[r * t..r * t + len].copy_from_slice(&s.ids[..len]);
+                targets[r * t..r * t + len].copy_from_slice(&s.ids[1..]);
+                // Position j predicts token j+1: a target token when j+1 >= target_start.
+                for j in s.target_start.saturating_sub(1)..len {
+                    w[r * t + j] = 1.0;
+                }
+            }
+            let ids = Tensor::from_vec(ids, (n, t), &dev)?;
+            (m.forward_train(&ids, &lengths, dropout, dtype)?, targets, w, t)
         }
-    }
+        Model::T5(m) => {
+            // The prompt is the encoder's input; the target, shifted right
+            // behind the start token, the decoder's.
+            let te = seqs.iter().map(|s| s.target_start).max().unwrap_or(1).max(1);
+            let t = seqs
+                .iter()
+                .map(|s| s.ids.len() - s.target_start)
+                .max()
+                .unwrap_or(1)
+                .max(1);
+            let mut enc = vec![pad; n * te];
+            let mut dec = vec![pad; n * t];
+            let mut targets = vec![0u32; n * t];
+            let mut w = vec![0f32; n * t];
+            let mut enc_lengths = Vec::with_capacity(n);
+            for (r, s) in seqs.iter().enumerate() {
+                let (p, tgt) = s.ids.split_at(s.target_start);
+                enc_lengths.push(p.len().max(1));
+                enc[r * te..r * te + p.len()].copy_from_slice(p);
+                dec[r * t] = m.config.decoder_start_token_id;
+                dec[r * t + 1..r * t + tgt.len()].copy_from_slice(&tgt[..tgt.len() - 1]);
+                targets[r * t..r * t + tgt.len()].copy_from_slice(tgt);
+                w[r * t..r * t + tgt.len()].fill(1.0);
+            }
+            let enc = Tensor::from_vec(enc, (n, te), &dev)?;
+            let dec = Tensor::from_vec(dec, (n, t), &dev)?;
+            (
+                m.forward_train(&enc, &enc_lengths, &dec, dropout, dtype)?,
+                targets,
+                w,
+                t,
+            )
+        }
+    };
     let count: f32 = w.iter().sum();
     if count == 0.0 {
         return Ok(None);
     }
-    let ids = Tensor::from_vec(ids, (n, t), &dev)?;
-    let logits = student.model.forward_train(&ids, &lengths, dropout, dtype)?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let targets = Tensor::from_vec(targets, (n, t, 1), &dev)?;
     let nll = logp.gather(&targets, D::Minus1)?.squeeze(D::Minus1)?.neg()?;

@@ -9,7 +9,7 @@ use stepwise_student::data::{StudyExample, Task, prompt};
 use stepwise_student::generate::generate;
 use stepwise_student::params::ParamStore;
 use stepwise_student::train::{TrainConfig, ValExample, checkpoint_dir, read_log, train};
-use stepwise_student::{Config, Student, StudentTokenizer};
+use stepwise_student::{Config, Model, ModelConfig, Student, StudentTokenizer, T5Config};
 
 /// "add 3 4" -> "7", with a rationale that spells the step out; all 100
 /// digit pairs, in an order fixed by `seed`.
@@ -157,13 +157,11 @@ fn resuming_from_a_checkpoint_gives_identical_weights() {
 }
 
 fn logits(s: &Student, ids: &Tensor) -> Vec<f32> {
-    s.model
-        .forward_train(ids, &[5, 3], None, DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    let out = match &s.model {
+        Model::Llama(m) => m.forward_train(ids, &[5, 3], None, DType::F32),
+        Model::T5(m) => m.forward_train(ids, &[5, 3], &ids.narrow(1, 0, 3).unwrap(), None, DType::F32),
+    };
+    out.unwrap().flatten_all().unwrap().to_vec1().unwrap()
 }
 
 #[test]
@@ -183,7 +181,9 @@ fn a_saved_student_reloads_with_identical_logits() {
     assert_eq!(back.config, s.config);
 
     // A file whose tensors do not match config.json is refused by name.
-    let mut cfg = s.config.clone();
+    let ModelConfig::Llama(mut cfg) = s.config.clone() else {
+        panic!("a llama student")
+    };
     cfg.hidden_size = 48;
     std::fs::write(out.join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
     let err = Student::load_dir(&out, &Device::Cpu).err().unwrap().to_string();
@@ -214,6 +214,8 @@ fn a_prompt_decodes_the_same_alone_and_in_a_padded_batch() {
     let n = ids.len();
     let full = s
         .model
+        .llama()
+        .unwrap()
         .forward_train(
             &Tensor::from_vec(ids.clone(), (1, n), &Device::Cpu).unwrap(),
             &[n],
@@ -241,4 +243,50 @@ fn fresh_weights_are_fixed_by_the_seed() {
     assert_eq!(get(&a), get(&b));
     assert_ne!(get(&a), get(&c));
     let _ = Path::new("");
+}
+
+/// The encoder-decoder student through the same trainer: the prompt feeds the
+/// encoder, the target the decoder; it learns, saves and reloads.
+#[test]
+fn a_tiny_t5_student_trains_end_to_end_and_reloads() {
+    let data = toy(100, 1);
+    let tok = tokenizer(&data);
+    let mut t5 = T5Config::small(0);
+    t5.d_model = 32;
+    t5.d_kv = 8;
+    t5.num_heads = 4;
+    t5.d_ff = 64;
+    t5.num_layers = 2;
+    t5.relative_attention_num_buckets = 16;
+    t5.relative_attention_max_distance = 32;
+    let mut s = Student::from_scratch(t5, tok.clone(), 1, &Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(400);
+    c.dropout = 0.0;
+    c.optimizer.lr = 1e-2;
+    let val: Vec<ValExample> = data[..16]
+        .iter()
+        .cloned()
+        .map(|e| ValExample {
+            input: e.input,
+            label: e.label,
+            kind: LabelKind::Number,
+            choices: None,
+        })
+        .collect();
+    let summary = train(dir.path(), &mut s, &c, &data, &val, DType::F32, |_| {}).unwrap();
+    let log = read_log(&dir.path().join("metrics.jsonl")).unwrap();
+    let train_lines: Vec<_> = log.iter().filter(|l| l.kind == "train").collect();
+    let first = train_lines[0].loss;
+    let last = train_lines.iter().rev().take(10).map(|l| l.loss).sum::<f64>() / 10.0;
+    eprintln!("t5: loss {first:.3} -> {last:.3}; {summary:?}");
+    assert!(last < first * 0.25, "loss fell only from {first} to {last}");
+    assert!(summary.best_accuracy.unwrap() > 0.5, "{:?}", summary.best_accuracy);
+    s.save_dir(&dir.path().join("saved")).unwrap();
+    let back = Student::load_dir(&dir.path().join("saved"), &Device::Cpu).unwrap();
+    assert!(matches!(back.config, ModelConfig::T5(_)));
+    let ids = Tensor::new(&[[1u32, 2, 3, 4, 5], [6, 7, 8, 0, 0]], &Device::Cpu).unwrap();
+    assert_eq!(logits(&s, &ids), logits(&back, &ids));
+    let text = std::fs::read_to_string(dir.path().join("final/config.json")).unwrap();
+    assert!(text.contains("\"model_type\": \"t5\"") && text.contains("relative_attention_num_buckets"));
 }

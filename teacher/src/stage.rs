@@ -230,7 +230,12 @@ impl Shared {
     /// Cached or fetched response for `req`; `Ok((response, sent))`.
     async fn fetch(&self, req: &ChatRequest) -> Result<(CachedResponse, bool), TeacherError> {
         let hash = req.hash();
-        if let Some(c) = self.cache.get(&hash) {
+        // File I/O off the runtime's worker threads, which serve every request.
+        let (cache, h) = (self.cache.clone(), hash.clone());
+        if let Some(c) = tokio::task::spawn_blocking(move || cache.get(&h))
+            .await
+            .map_err(|e| TeacherError::Server(format!("cache lookup: {e}")))?
+        {
             return Ok((c, false));
         }
         let est = req.approx_prompt_tokens() as u64 + req.max_tokens as u64 * req.n as u64;
@@ -239,7 +244,10 @@ impl Shared {
             response: done.response,
             latency_ms: done.latency_ms,
         };
-        self.cache.put(&hash, &c)?;
+        let (cache, put) = (self.cache.clone(), c.clone());
+        tokio::task::spawn_blocking(move || cache.put(&hash, &put))
+            .await
+            .map_err(|e| TeacherError::Server(format!("cache write: {e}")))??;
         Ok((c, true))
     }
 
@@ -341,9 +349,15 @@ pub async fn teach(examples: &[Example], cfg: TeachConfig, paths: &TeachPaths) -
     let started = std::time::Instant::now();
     let mut failures: Option<std::fs::File> = None;
     let concurrency = shared.cfg.client.concurrency.max(1);
+    // Each request is its own task, so requests progress on every worker
+    // thread while this loop writes rows.
     let mut stream = futures::stream::iter(todo.into_iter().map(|ex| {
         let s = shared.clone();
-        async move { s.teach_one(ex).await }
+        async move {
+            tokio::spawn(async move { s.teach_one(ex).await })
+                .await
+                .expect("a teach task panicked")
+        }
     }))
     .buffer_unordered(concurrency)
     .ready_chunks(256);
