@@ -48,6 +48,10 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     /// Warn once training has seen each unique example more than this many times.
     pub max_repeats: f64,
+    /// Keep only the newest this many checkpoints (0: keep all, as Pythia
+    /// does). A 135M-parameter checkpoint with its optimizer state is 1.6 GB.
+    /// Not part of the config hash: it changes no result.
+    pub keep_checkpoints: usize,
     pub dropout: f32,
     /// Dropout is off before this step.
     pub dropout_from_step: u64,
@@ -74,6 +78,7 @@ impl Default for TrainConfig {
             eval_every: 100,
             checkpoint_every: 1000,
             max_repeats: 16.0,
+            keep_checkpoints: 0,
             dropout: 0.0,
             dropout_from_step: 0,
             answer_tokens: 8,
@@ -105,7 +110,11 @@ impl TrainConfig {
     /// Identifies the run a checkpoint belongs to; a resume with another
     /// config is refused rather than silently mixed.
     pub fn hash(&self) -> String {
-        hex::encode(&Sha256::digest(serde_json::to_vec(self).expect("config serialises"))[..8])
+        let mut v = serde_json::to_value(self).expect("config serialises");
+        if let Some(m) = v.as_object_mut() {
+            m.remove("keep_checkpoints");
+        }
+        hex::encode(&Sha256::digest(v.to_string().as_bytes())[..8])
     }
 
     /// True when a checkpoint is written after `step`.
@@ -368,6 +377,9 @@ pub fn train(
         }
         if cfg.is_checkpoint_step(step) {
             save_checkpoint(out, student, &opt, &state)?;
+            if cfg.keep_checkpoints > 0 {
+                prune_checkpoints(out, cfg.keep_checkpoints)?;
+            }
         }
     }
     let final_dir = out.join("final");
@@ -558,6 +570,28 @@ fn save_checkpoint(out: &Path, student: &Student, opt: &AdamW, state: &TrainerSt
         let sp = tmp.join("trainer_state.json");
         std::fs::write(&sp, serde_json::to_string_pretty(state).expect("state serialises")).map_err(io(&sp))
     })
+}
+
+/// Removes all but the newest `keep` checkpoints (after a newer one is
+/// complete, so a resume always has one).
+fn prune_checkpoints(out: &Path, keep: usize) -> Result<()> {
+    let dir = out.join("checkpoints");
+    let mut steps: Vec<u64> = std::fs::read_dir(&dir)
+        .map_err(io(&dir))?
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix("step-")
+                .and_then(|s| s.parse::<u64>().ok())
+        })
+        .collect();
+    steps.sort_unstable();
+    for &old in steps.iter().rev().skip(keep) {
+        let d = checkpoint_dir(out, old);
+        std::fs::remove_dir_all(&d).map_err(io(&d))?;
+    }
+    Ok(())
 }
 
 /// Keeps log lines up to `step`, dropping those a killed run wrote after its

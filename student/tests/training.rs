@@ -290,3 +290,24 @@ fn a_tiny_t5_student_trains_end_to_end_and_reloads() {
     let text = std::fs::read_to_string(dir.path().join("final/config.json")).unwrap();
     assert!(text.contains("\"model_type\": \"t5\"") && text.contains("relative_attention_num_buckets"));
 }
+
+#[test]
+fn only_the_newest_checkpoints_are_kept_when_asked() {
+    let data = toy(16, 6);
+    let tok = tokenizer(&data);
+    let mut s = student(&tok);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(8);
+    c.keep_checkpoints = 2;
+    train(dir.path(), &mut s, &c, &data, &[], DType::F32, |_| {}).unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(dir.path().join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["step-00000004", "step-00000008"]);
+    // Keeping fewer is not a different training run: resuming is allowed.
+    let mut again = c.clone();
+    again.keep_checkpoints = 0;
+    assert_eq!(again.hash(), c.hash());
+}
