@@ -118,12 +118,21 @@ impl AdamW {
             let mut p: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
             let m = self.m.get_mut(name).expect("moments for every parameter");
             let v = self.v.get_mut(name).expect("moments for every parameter");
-            for i in 0..p.len() {
-                let gi = g[i];
-                m[i] = b1 * m[i] + (1.0 - b1) * gi;
-                v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
-                p[i] = p[i] * decay - step_size * m[i] / (v[i].sqrt() / bc2_sqrt + eps);
-            }
+            // Element-wise, so splitting across threads changes no result.
+            use rayon::prelude::*;
+            const CHUNK: usize = 1 << 14;
+            p.par_chunks_mut(CHUNK)
+                .zip(m.par_chunks_mut(CHUNK))
+                .zip(v.par_chunks_mut(CHUNK))
+                .zip(g.par_chunks(CHUNK))
+                .for_each(|(((p, m), v), g)| {
+                    for i in 0..p.len() {
+                        let gi = g[i];
+                        m[i] = b1 * m[i] + (1.0 - b1) * gi;
+                        v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+                        p[i] = p[i] * decay - step_size * m[i] / (v[i].sqrt() / bc2_sqrt + eps);
+                    }
+                });
             let t = Tensor::from_vec(p, var.shape(), var.device())?;
             var.set(&t)?;
         }
