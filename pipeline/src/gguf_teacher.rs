@@ -6,13 +6,31 @@
 //! `max_tokens`, temperature and seed.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use candle_core::DType;
 use stepwise_student::device::{compute_dtype, pick_device};
 use stepwise_student::generate::{Decode, decode_batch};
 use stepwise_student::{ChatMessage, Student};
-use stepwise_teacher::server::{ChatModel, ModelJob, ModelOutput};
+use stepwise_teacher::server::{Backend, ChatModel, ModelJob, ModelOutput};
+
+/// What answers on the local server for backend `name`: `solver` or
+/// `mimic`, or (`gguf`) the model in `gguf`, on `device`. `gguf_key` names
+/// the setting to give when the file is missing.
+pub fn local_backend(
+    name: &str,
+    gguf: Option<&Path>,
+    device: &str,
+    gguf_key: &str,
+) -> Result<(Backend, Option<Arc<dyn ChatModel>>)> {
+    if name != "gguf" {
+        return Ok((name.parse::<Backend>().map_err(anyhow::Error::msg)?, None));
+    }
+    let path = gguf.with_context(|| format!("{gguf_key}: required with the gguf backend"))?;
+    let model: Arc<dyn ChatModel> = Arc::new(GgufTeacher::open(path, device)?);
+    Ok((Backend::Solver, Some(model)))
+}
 
 pub struct GgufTeacher {
     student: Student,
@@ -34,7 +52,7 @@ impl GgufTeacher {
         );
         tracing::info!(
             model = %path.display(),
-            parameters = student.config.num_parameters(),
+            parameters = student.params.num_parameters(),
             secs = t.elapsed().as_secs_f64(),
             "gguf teacher loaded"
         );

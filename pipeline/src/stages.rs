@@ -27,7 +27,7 @@ use stepwise_student::generate::generate as generate_text;
 use stepwise_student::train::{LogLine, ValExample, train};
 use stepwise_student::{Config, ModelConfig, Student, StudentTokenizer, T5Config};
 use stepwise_teacher::ClientConfig;
-use stepwise_teacher::server::{self, Backend, ServerConfig};
+use stepwise_teacher::server::{self, ServerConfig};
 use stepwise_teacher::stage::{Price, TeachConfig, curate, paths_in, teach};
 
 use crate::config::{RunConfig, fingerprint};
@@ -193,22 +193,15 @@ pub fn stage_teach(cfg: &RunConfig, dir: &Path, h: &Hashes) -> Result<()> {
     rt.block_on(async {
         // The embedded teacher is a real HTTP server on loopback, queried like any other.
         let local = if t.kind == "local" {
-            let mut sc = ServerConfig {
+            let (backend, model) =
+                crate::gguf_teacher::local_backend(&t.backend, t.gguf.as_deref(), &t.device, "teacher.gguf")?;
+            let sc = ServerConfig {
+                backend,
+                model,
                 seed: cfg.run.seed,
                 max_batch: t.max_batch,
                 ..Default::default()
             };
-            if t.backend == "gguf" {
-                let path = t
-                    .gguf
-                    .as_deref()
-                    .context("teacher.gguf: required when teacher.backend = \"gguf\"")?;
-                sc.model = Some(std::sync::Arc::new(crate::gguf_teacher::GgufTeacher::open(
-                    path, &t.device,
-                )?));
-            } else {
-                sc.backend = t.backend.parse::<Backend>().map_err(anyhow::Error::msg)?;
-            }
             Some(server::start("127.0.0.1:0", sc).await?)
         } else {
             None

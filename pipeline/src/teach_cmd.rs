@@ -4,12 +4,11 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use stepwise_datasets::examples_file::read_split;
 use stepwise_datasets::{Example, LabelKind, Split};
 use stepwise_teacher::protocol::{ChatRequest, Message};
-use stepwise_teacher::server::{self, Backend, ChatModel, Faults, ServerConfig};
+use stepwise_teacher::server::{self, Faults, ServerConfig};
 use stepwise_teacher::stage::{Price, TeachConfig, estimate, paths_in, teach};
 use stepwise_teacher::{ClientConfig, TeacherClient};
 
@@ -162,17 +161,8 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     pub fn config(&self) -> Result<ServerConfig> {
-        let (backend, model) = match self.backend.as_str() {
-            "gguf" => {
-                let path = self
-                    .gguf
-                    .as_deref()
-                    .context("--gguf FILE: required with --backend gguf")?;
-                let m: Arc<dyn ChatModel> = Arc::new(crate::gguf_teacher::GgufTeacher::open(path, &self.device)?);
-                (Backend::Solver, Some(m))
-            }
-            b => (b.parse::<Backend>().map_err(anyhow::Error::msg)?, None),
-        };
+        let (backend, model) =
+            crate::gguf_teacher::local_backend(&self.backend, self.gguf.as_deref(), &self.device, "--gguf FILE")?;
         Ok(ServerConfig {
             backend,
             model,

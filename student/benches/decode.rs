@@ -29,7 +29,7 @@ fn main() {
     println!(
         "loaded {} ({:.0}M parameters) in {:.1}s, threads {}",
         path,
-        s.config.num_parameters() as f64 / 1e6,
+        s.params.num_parameters() as f64 / 1e6,
         t0.elapsed().as_secs_f64(),
         rayon::current_num_threads()
     );

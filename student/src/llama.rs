@@ -227,6 +227,17 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Layer `l`'s cached keys and values with `k`, `v` (new tokens on dim 2)
+    /// appended; the cache keeps the result.
+    pub fn append(&mut self, l: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let (k, v) = match &self.layers[l] {
+            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+            None => (k, v),
+        };
+        self.layers[l] = Some((k.detach(), v.detach()));
+        Ok((k, v))
+    }
 }
 
 /// The decoder. Holds the parameters' tensors (sharing storage with the
@@ -241,14 +252,7 @@ pub struct Llama {
 impl Llama {
     pub fn new(config: &Config, params: &ParamStore) -> Result<Llama> {
         config.validate().map_err(candle_core::Error::msg)?;
-        let mut p = BTreeMap::new();
-        for (name, shape) in config.parameter_shapes() {
-            let t = params.get(&name)?;
-            if t.dims() != shape.as_slice() {
-                candle_core::bail!("parameter {name}: shape {:?}, config expects {:?}", t.dims(), shape)
-            }
-            p.insert(name, t);
-        }
+        let p = params.tensors_for(&config.parameter_shapes())?;
         let hd = config.head_dim();
         let inv: Vec<f32> = (0..hd / 2)
             .map(|i| 1.0 / config.rope_theta.powf(2.0 * i as f64 / hd as f64) as f32)
@@ -336,15 +340,11 @@ impl Llama {
                 .transpose(1, 2)?
                 .contiguous()?;
             let q = rope(&q.contiguous()?, &cos, &sin)?;
-            let mut k = rope(&k.contiguous()?, &cos, &sin)?;
-            let mut v = v;
-            if let Some(c) = cache.as_deref_mut() {
-                if let Some((pk, pv)) = &c.layers[l] {
-                    k = Tensor::cat(&[pk, &k], 2)?;
-                    v = Tensor::cat(&[pv, &v], 2)?;
-                }
-                c.layers[l] = Some((k.detach(), v.detach()));
-            }
+            let k = rope(&k.contiguous()?, &cos, &sin)?;
+            let (k, v) = match cache.as_deref_mut() {
+                Some(c) => c.append(l, k, v)?,
+                None => (k, v),
+            };
             let tk = k.dim(2)?;
             // Grouped-query attention: each kv head serves nh/nkv query heads.
             let g = nh / nkv;

@@ -115,6 +115,20 @@ impl ParamStore {
         &self.device
     }
 
+    /// The tensors a model of these `shapes` is built from, checked by name
+    /// and shape (they share storage with the variables).
+    pub fn tensors_for(&self, shapes: &BTreeMap<String, Vec<usize>>) -> Result<BTreeMap<String, Tensor>> {
+        let mut p = BTreeMap::new();
+        for (name, shape) in shapes {
+            let t = self.get(name)?;
+            if t.dims() != shape.as_slice() {
+                candle_core::bail!("parameter {name}: shape {:?}, config expects {:?}", t.dims(), shape)
+            }
+            p.insert(name.clone(), t);
+        }
+        Ok(p)
+    }
+
     pub fn num_parameters(&self) -> usize {
         self.vars.values().map(|v| v.elem_count()).sum()
     }

@@ -28,13 +28,6 @@ impl ModelConfig {
         }
     }
 
-    pub fn num_parameters(&self) -> usize {
-        self.parameter_shapes()
-            .values()
-            .map(|s| s.iter().product::<usize>())
-            .sum()
-    }
-
     pub fn validate(&self) -> std::result::Result<(), String> {
         match self {
             ModelConfig::Llama(c) => c.validate(),

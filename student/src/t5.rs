@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use candle_core::{D, DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::llama::{MASKED, linear, rms_norm};
+use crate::llama::{KvCache, MASKED, left_padded_mask, linear, rms_norm};
 use crate::params::{Dropout, ParamStore};
 
 /// The model's shape, as HF's T5 `config.json` names it.
@@ -172,13 +172,6 @@ impl T5Config {
         }
         m
     }
-
-    pub fn num_parameters(&self) -> usize {
-        self.parameter_shapes()
-            .values()
-            .map(|s| s.iter().product::<usize>())
-            .sum()
-    }
 }
 
 /// HF's `_relative_position_bucket` for `relative = key - query`.
@@ -208,26 +201,21 @@ pub fn relative_position_bucket(relative: i64, bidirectional: bool, num_buckets:
 
 /// Keys and values of one decoder's generation so far: self-attention grows
 /// a token at a time; cross-attention over the encoder is computed once.
-#[derive(Default)]
 pub struct T5Cache {
-    self_kv: Vec<Option<(Tensor, Tensor)>>,
+    self_kv: KvCache,
     cross_kv: Vec<Option<(Tensor, Tensor)>>,
 }
 
 impl T5Cache {
     pub fn new(layers: usize) -> T5Cache {
         T5Cache {
-            self_kv: vec![None; layers],
+            self_kv: KvCache::new(layers),
             cross_kv: vec![None; layers],
         }
     }
     /// Decoder tokens cached so far.
     pub fn len(&self) -> usize {
-        self.self_kv
-            .first()
-            .and_then(|l| l.as_ref())
-            .map(|(k, _)| k.dim(2).unwrap_or(0))
-            .unwrap_or(0)
+        self.self_kv.len()
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -259,14 +247,7 @@ fn drop(x: Tensor, dropout: &mut Option<&mut Dropout>) -> Result<Tensor> {
 impl T5 {
     pub fn new(config: &T5Config, params: &ParamStore) -> Result<T5> {
         config.validate().map_err(candle_core::Error::msg)?;
-        let mut p = BTreeMap::new();
-        for (name, shape) in config.parameter_shapes() {
-            let t = params.get(&name)?;
-            if t.dims() != shape.as_slice() {
-                candle_core::bail!("parameter {name}: shape {:?}, config expects {:?}", t.dims(), shape)
-            }
-            p.insert(name, t);
-        }
+        let p = params.tensors_for(&config.parameter_shapes())?;
         Ok(T5 {
             config: config.clone(),
             p,
@@ -412,29 +393,20 @@ impl T5 {
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         let tk = past + t;
         // Causal: query i (at past + i) sees keys 0..=past + i.
-        let mut causal = vec![0f32; t * tk];
-        for i in 0..t {
-            for j in past + i + 1..tk {
-                causal[i * tk + j] = MASKED;
-            }
-        }
         let self_bias = self
             .position_bias("decoder", past, t, tk, dtype, dev)?
-            .broadcast_add(&Tensor::from_vec(causal, (1, 1, t, tk), dev)?.to_dtype(dtype)?)?;
+            .broadcast_add(&left_padded_mask(&[0], t, past, dev)?.to_dtype(dtype)?)?;
         let enc_t = enc.dim(1)?;
         let cross_bias = padding_mask(enc_lengths, enc_t, dev)?.to_dtype(dtype)?;
         let mut x = drop(self.embed(dec_ids, dtype)?, &mut dropout)?;
         for l in 0..c.decoder_layers() {
             let p = format!("decoder.block.{l}.layer.0");
             let h = rms_norm(&x, self.w(&format!("{p}.layer_norm.weight")), c.layer_norm_epsilon)?;
-            let (mut k, mut v) = self.keys_values(&format!("{p}.SelfAttention"), &h)?;
-            if let Some(cc) = cache.as_deref_mut() {
-                if let Some((pk, pv)) = &cc.self_kv[l] {
-                    k = Tensor::cat(&[pk, &k], 2)?;
-                    v = Tensor::cat(&[pv, &v], 2)?;
-                }
-                cc.self_kv[l] = Some((k.detach(), v.detach()));
-            }
+            let (k, v) = self.keys_values(&format!("{p}.SelfAttention"), &h)?;
+            let (k, v) = match cache.as_deref_mut() {
+                Some(cc) => cc.self_kv.append(l, k, v)?,
+                None => (k, v),
+            };
             let y = self.attend(&format!("{p}.SelfAttention"), &h, &k, &v, &self_bias, &mut dropout)?;
             x = (x + drop(y, &mut dropout)?)?;
 

@@ -182,21 +182,27 @@ pub fn checkpoint_dir(out: &Path, step: u64) -> PathBuf {
 
 /// The latest complete checkpoint's step, if any.
 pub fn latest_checkpoint(out: &Path) -> Result<Option<u64>> {
+    Ok(checkpoint_steps(out)?.last().copied())
+}
+
+/// Steps of the complete checkpoints (those with their trainer state), in order.
+fn checkpoint_steps(out: &Path) -> Result<Vec<u64>> {
     let dir = out.join("checkpoints");
     if !dir.exists() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    let mut best = None;
+    let mut steps = Vec::new();
     for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
         let e = e.map_err(io(&dir))?;
         let name = e.file_name().to_string_lossy().to_string();
         if let Some(n) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok())
             && e.path().join("trainer_state.json").exists()
         {
-            best = best.max(Some(n));
+            steps.push(n);
         }
     }
-    Ok(best)
+    steps.sort_unstable();
+    Ok(steps)
 }
 
 /// Trains `student` in `out` (resuming from its latest checkpoint, if any)
@@ -575,19 +581,7 @@ fn save_checkpoint(out: &Path, student: &Student, opt: &AdamW, state: &TrainerSt
 /// Removes all but the newest `keep` checkpoints (after a newer one is
 /// complete, so a resume always has one).
 fn prune_checkpoints(out: &Path, keep: usize) -> Result<()> {
-    let dir = out.join("checkpoints");
-    let mut steps: Vec<u64> = std::fs::read_dir(&dir)
-        .map_err(io(&dir))?
-        .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .strip_prefix("step-")
-                .and_then(|s| s.parse::<u64>().ok())
-        })
-        .collect();
-    steps.sort_unstable();
-    for &old in steps.iter().rev().skip(keep) {
+    for &old in checkpoint_steps(out)?.iter().rev().skip(keep) {
         let d = checkpoint_dir(out, old);
         std::fs::remove_dir_all(&d).map_err(io(&d))?;
     }
