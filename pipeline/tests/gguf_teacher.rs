@@ -3,46 +3,10 @@
 //! sampled completions, and `stepwise teacher probe` gets a GSM8K-style
 //! rationale whose answer parses.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
-/// The server and its base URL.
-fn serve(model: &PathBuf) -> (Child, String) {
-    let mut srv = Command::new(env!("CARGO_BIN_EXE_stepwise"))
-        .args([
-            "teacher",
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--backend",
-            "gguf",
-            "--max-batch",
-            "4",
-        ])
-        .arg("--gguf")
-        .arg(model)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(srv.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("the server prints its URL: {line:?}"))
-        .to_string();
-    (srv, url)
-}
+mod common;
+use common::{in_ci, python, root, serve};
 
 const CLIENT: &str = r#"
 import sys
@@ -77,7 +41,14 @@ fn the_gguf_backend_serves_smollm2_to_real_clients() {
         );
         return;
     }
-    let (mut srv, url) = serve(&model);
+    let (mut srv, url) = serve(&[
+        "--backend".as_ref(),
+        "gguf".as_ref(),
+        "--max-batch".as_ref(),
+        "4".as_ref(),
+        "--gguf".as_ref(),
+        model.as_os_str(),
+    ]);
 
     let q = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. \
              How many clips did Natalia sell altogether in April and May?";
@@ -111,7 +82,7 @@ fn the_gguf_backend_serves_smollm2_to_real_clients() {
         "the few-shot stop sequence ends the completion: {text}"
     );
 
-    let py = root().join(".venv/bin/python");
+    let py = python();
     let out = Command::new(&py).args(["-c", CLIENT, &url]).output();
     let _ = srv.kill();
     let _ = srv.wait();

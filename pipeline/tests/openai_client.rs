@@ -1,14 +1,9 @@
 //! The official `openai` Python client talks to `stepwise teacher serve`.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-fn python() -> PathBuf {
-    std::env::var_os("STEPWISE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"))
-}
+mod common;
+use common::{in_ci, python, serve};
 
 const CLIENT: &str = r#"
 import sys
@@ -32,28 +27,15 @@ fn the_openai_python_client_gets_a_well_formed_completion() {
             .status()
             .is_ok_and(|s| s.success());
     if !has_openai {
-        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
         assert!(
-            !ci,
+            !in_ci(),
             "{} with the openai package is missing: run scripts/setup-data.sh",
             py.display()
         );
         eprintln!("SKIPPED: no openai package; run scripts/setup-data.sh");
         return;
     }
-    let mut srv = Command::new(env!("CARGO_BIN_EXE_stepwise"))
-        .args(["teacher", "serve", "--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(srv.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("the server prints its URL")
-        .to_string();
+    let (mut srv, url) = serve::<&str>(&[]);
     let q = "Ann has 12 apples. Ann buys 5 more apples. How many apples does Ann have now?";
     let out = Command::new(&py).args(["-c", CLIENT, &url, q]).output().unwrap();
     let _ = srv.kill();

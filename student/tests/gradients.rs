@@ -3,58 +3,11 @@
 //! fused RmsNorm, softmax_last_dim and rope are) fails here.
 
 use candle_core::{D, DType, Device, Result, Tensor, Var};
-use rand::{RngExt, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use stepwise_student::llama::{Config, Llama, causal_mask, linear, rms_norm, rope};
 use stepwise_student::params::ParamStore;
 
-fn rand_tensor(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
-fn var(shape: &[usize], seed: u64) -> Var {
-    Var::from_tensor(&rand_tensor(shape, seed)).unwrap()
-}
-
-/// Checks d f / d v at `samples` entries of each var by central differences.
-/// Returns the largest relative error seen.
-fn check(vars: &[(&str, &Var)], f: &dyn Fn() -> Result<Tensor>, samples: usize) -> f64 {
-    let loss = f().unwrap();
-    let grads = loss.backward().unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let mut worst: f64 = 0.0;
-    for (name, v) in vars {
-        let g = grads
-            .get(v.as_tensor())
-            .unwrap_or_else(|| panic!("{name}: no gradient"));
-        let g: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
-        let base: Vec<f64> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
-        for _ in 0..samples {
-            let i = rng.random_range(0..base.len());
-            let h = 1e-5;
-            let eval = |delta: f64| {
-                let mut p = base.clone();
-                p[i] += delta;
-                v.set(&Tensor::from_vec(p, v.shape(), &Device::Cpu).unwrap()).unwrap();
-                f().unwrap().to_scalar::<f64>().unwrap()
-            };
-            let numeric = (eval(h) - eval(-h)) / (2.0 * h);
-            v.set(&Tensor::from_vec(base.clone(), v.shape(), &Device::Cpu).unwrap())
-                .unwrap();
-            let err = (g[i] - numeric).abs() / (g[i].abs() + numeric.abs()).max(1e-7);
-            assert!(
-                err < 1e-3,
-                "{name}[{i}]: autograd {} against finite differences {numeric} (rel err {err:.2e})",
-                g[i]
-            );
-            worst = worst.max(err);
-        }
-    }
-    worst
-}
+mod common;
+use common::{check, rand_tensor, var, without_gradient};
 
 /// A scalar from `y` that weights every output differently.
 fn project(y: &Tensor, seed: u64) -> Result<Tensor> {
@@ -149,18 +102,7 @@ fn whole_model(model_type: &str) {
     };
     let names: Vec<(String, Var)> = params.vars().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let refs: Vec<(&str, &Var)> = names.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let loss = f().unwrap();
-    let grads = loss.backward().unwrap();
-    let mut without = Vec::new();
-    for (name, v) in &refs {
-        let nonzero = grads
-            .get(v.as_tensor())
-            .map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap() > 0.0)
-            .unwrap_or(false);
-        if !nonzero {
-            without.push(name.to_string());
-        }
-    }
+    let without = without_gradient(&refs, &f);
     assert!(without.is_empty(), "parameters with no gradient: {without:?}");
     let worst = check(&refs, &f, 3);
     eprintln!(

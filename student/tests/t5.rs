@@ -5,6 +5,9 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+mod common;
+use common::{check_where, rand_tensor, without_gradient};
 use stepwise_student::optim::{AdamW, AdamWConfig, Grads};
 use stepwise_student::params::ParamStore;
 use stepwise_student::t5::{T5, T5Cache, T5Config, relative_position_bucket};
@@ -50,13 +53,6 @@ fn relative_position_buckets_follow_hugging_face() {
     );
 }
 
-fn rand_tensor(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-}
-
 fn whole_model(ff: &str) {
     let cfg = tiny(ff, 19);
     let params = ParamStore::init(&cfg.parameter_shapes(), 0.3, 3, &Device::Cpu)
@@ -84,49 +80,11 @@ fn whole_model(ff: &str) {
         (logits.broadcast_mul(&keep)? * &weights)?.sum_all()
     };
     let vars: Vec<(String, Var)> = params.vars().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let grads = f().unwrap().backward().unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let mut without = Vec::new();
-    let mut worst: f64 = 0.0;
-    for (name, v) in &vars {
-        let Some(g) = grads.get(v.as_tensor()) else {
-            without.push(name.clone());
-            continue;
-        };
-        let g: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
-        if g.iter().all(|x| *x == 0.0) {
-            without.push(name.clone());
-            continue;
-        }
-        let base: Vec<f64> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
-        for _ in 0..3 {
-            // Sample entries that matter (an unused bucket's gradient is exactly 0).
-            let i = loop {
-                let i = rng.random_range(0..base.len());
-                if g[i] != 0.0 {
-                    break i;
-                }
-            };
-            let eval = |delta: f64| {
-                let mut p = base.clone();
-                p[i] += delta;
-                v.set(&Tensor::from_vec(p, v.shape(), &dev).unwrap()).unwrap();
-                f().unwrap().to_scalar::<f64>().unwrap()
-            };
-            let h = 1e-5;
-            let numeric = (eval(h) - eval(-h)) / (2.0 * h);
-            v.set(&Tensor::from_vec(base.clone(), v.shape(), &dev).unwrap())
-                .unwrap();
-            let err = (g[i] - numeric).abs() / (g[i].abs() + numeric.abs()).max(1e-7);
-            assert!(
-                err < 1e-3,
-                "{name}[{i}]: autograd {} against {numeric} ({err:.2e})",
-                g[i]
-            );
-            worst = worst.max(err);
-        }
-    }
+    let refs: Vec<(&str, &Var)> = vars.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let without = without_gradient(&refs, &f);
     assert!(without.is_empty(), "parameters with no gradient: {without:?}");
+    // Sampled where the gradient is not zero: an unused bucket's is, rightly.
+    let worst = check_where(&refs, &f, 3, true);
     eprintln!(
         "t5 {ff}: {} parameters checked, worst relative error {worst:.2e}",
         vars.len()

@@ -8,7 +8,7 @@ use stepwise_datasets::LabelKind;
 use stepwise_student::data::{StudyExample, Task, prompt};
 use stepwise_student::generate::generate;
 use stepwise_student::params::ParamStore;
-use stepwise_student::train::{TrainConfig, ValExample, checkpoint_dir, read_log, train};
+use stepwise_student::train::{LogLine, TrainConfig, ValExample, checkpoint_dir, read_log, train};
 use stepwise_student::{Config, Model, ModelConfig, Student, StudentTokenizer, T5Config};
 
 /// "add 3 4" -> "7", with a rationale that spells the step out; all 100
@@ -60,6 +60,30 @@ fn cfg(steps: u64) -> TrainConfig {
     }
 }
 
+/// Validation examples from toy examples (inputs the students trained on).
+fn validation(data: &[StudyExample]) -> Vec<ValExample> {
+    data.iter()
+        .cloned()
+        .map(|e| ValExample {
+            input: e.input,
+            label: e.label,
+            kind: LabelKind::Number,
+            choices: None,
+        })
+        .collect()
+}
+
+fn train_log(dir: &Path) -> Vec<LogLine> {
+    let log = read_log(&dir.join("metrics.jsonl")).unwrap();
+    log.into_iter().filter(|l| l.kind == "train").collect()
+}
+
+/// The first step's loss and the mean of the last ten.
+fn first_and_last_loss(lines: &[LogLine]) -> (f64, f64) {
+    let last = lines.iter().rev().take(10).map(|l| l.loss).sum::<f64>() / 10.0;
+    (lines[0].loss, last)
+}
+
 fn weights(s: &Student) -> Vec<(String, Vec<f32>)> {
     s.params
         .vars()
@@ -79,21 +103,10 @@ fn a_tiny_student_learns_the_toy_task_and_its_rationale() {
     c.optimizer.lr = 1e-2;
     // Inputs it trained on: the point is that it learns, not that 30k
     // parameters generalise addition.
-    let val: Vec<ValExample> = data[..16]
-        .iter()
-        .cloned()
-        .map(|e| ValExample {
-            input: e.input,
-            label: e.label,
-            kind: LabelKind::Number,
-            choices: None,
-        })
-        .collect();
+    let val = validation(&data[..16]);
     let summary = train(dir.path(), &mut s, &c, &data, &val, DType::F32, |_| {}).unwrap();
-    let log = read_log(&dir.path().join("metrics.jsonl")).unwrap();
-    let train_lines: Vec<_> = log.iter().filter(|l| l.kind == "train").collect();
-    let first = train_lines[0].loss;
-    let last = train_lines.iter().rev().take(10).map(|l| l.loss).sum::<f64>() / 10.0;
+    let train_lines = train_log(dir.path());
+    let (first, last) = first_and_last_loss(&train_lines);
     eprintln!(
         "loss {first:.3} -> {last:.3}; val accuracy {:?}; {summary:?}",
         summary.best_accuracy
@@ -264,21 +277,10 @@ fn a_tiny_t5_student_trains_end_to_end_and_reloads() {
     let mut c = cfg(400);
     c.dropout = 0.0;
     c.optimizer.lr = 1e-2;
-    let val: Vec<ValExample> = data[..16]
-        .iter()
-        .cloned()
-        .map(|e| ValExample {
-            input: e.input,
-            label: e.label,
-            kind: LabelKind::Number,
-            choices: None,
-        })
-        .collect();
+    let val = validation(&data[..16]);
     let summary = train(dir.path(), &mut s, &c, &data, &val, DType::F32, |_| {}).unwrap();
-    let log = read_log(&dir.path().join("metrics.jsonl")).unwrap();
-    let train_lines: Vec<_> = log.iter().filter(|l| l.kind == "train").collect();
-    let first = train_lines[0].loss;
-    let last = train_lines.iter().rev().take(10).map(|l| l.loss).sum::<f64>() / 10.0;
+    let train_lines = train_log(dir.path());
+    let (first, last) = first_and_last_loss(&train_lines);
     eprintln!("t5: loss {first:.3} -> {last:.3}; {summary:?}");
     assert!(last < first * 0.25, "loss fell only from {first} to {last}");
     assert!(summary.best_accuracy.unwrap() > 0.5, "{:?}", summary.best_accuracy);

@@ -1,0 +1,44 @@
+//! Helpers shared by the CLI tests that talk to `stepwise teacher serve`.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// True under CI, where every optional input must be present.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// The Python of the project's virtual environment.
+pub fn python() -> PathBuf {
+    std::env::var_os("STEPWISE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv/bin/python"))
+}
+
+/// `stepwise teacher serve` on a free loopback port with `extra` arguments;
+/// the child and the base URL it prints.
+pub fn serve<S: AsRef<OsStr>>(extra: &[S]) -> (Child, String) {
+    let mut srv = Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args(["teacher", "serve", "--addr", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(srv.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("the server prints its URL: {line:?}"))
+        .to_string();
+    (srv, url)
+}
