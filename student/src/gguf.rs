@@ -267,18 +267,16 @@ impl GgufFile {
         let mut st = StudentTokenizer::from_tokenizer(tok, &self.path.display().to_string())?;
         if let Ok(eos) = self.meta_u32("tokenizer.ggml.eos_token_id") {
             st.eos_id = eos;
-            st.stop_ids.push(eos);
+            st.add_stop(eos);
         }
         if let Ok(pad) = self.meta_u32("tokenizer.ggml.padding_token_id") {
             st.pad_id = pad;
         }
         for name in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>"] {
             if let Some(id) = st.inner.token_to_id(name) {
-                st.stop_ids.push(id);
+                st.add_stop(id);
             }
         }
-        st.stop_ids.sort_unstable();
-        st.stop_ids.dedup();
         st.chat_template = self.meta_str("tokenizer.chat_template").map(str::to_string);
         Ok(st)
     }

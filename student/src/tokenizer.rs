@@ -130,14 +130,13 @@ impl StudentTokenizer {
             if let Some(pad) = id(&cfg.pad_token, "pad_token")? {
                 tok.pad_id = pad;
             }
+            let mut stops = vec![tok.eos_id];
             for s in &cfg.stop_tokens {
-                if let Some(i) = id(&Some(s.clone()), "stop_tokens")? {
-                    tok.stop_ids.push(i);
-                }
+                stops.extend(id(&Some(s.clone()), "stop_tokens")?);
             }
-            tok.stop_ids.push(tok.eos_id);
-            tok.stop_ids.sort_unstable();
-            tok.stop_ids.dedup();
+            for i in stops {
+                tok.add_stop(i);
+            }
             tok.chat_template = cfg.chat_template;
         }
         Ok(tok)
@@ -183,6 +182,13 @@ impl StudentTokenizer {
             eos_token => eos,
         })
         .map_err(chat_err)
+    }
+
+    /// Makes `id` end generation too (kept sorted, without repeats).
+    pub fn add_stop(&mut self, id: u32) {
+        if let Err(at) = self.stop_ids.binary_search(&id) {
+            self.stop_ids.insert(at, id);
+        }
     }
 
     pub fn is_stop(&self, id: u32) -> bool {
