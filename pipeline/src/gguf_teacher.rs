@@ -1,5 +1,6 @@
 //! The local server's `gguf` backend: a real instruct LLM from a GGUF file,
-//! dequantised into the student crate's Llama and decoded in batches.
+//! run by the student crate's Llama with its projections kept
+//! block-quantized, and decoded in batches.
 //!
 //! Jobs the server hands over together decode as one left-padded batch,
 //! sorted by prompt length so padding stays small; each keeps its own
@@ -12,7 +13,9 @@ use anyhow::{Context, Result};
 use candle_core::DType;
 use stepwise_student::device::{compute_dtype, pick_device};
 use stepwise_student::generate::{Decode, decode_batch};
-use stepwise_student::{ChatMessage, Student};
+use stepwise_student::gguf::load_for_inference;
+use stepwise_student::llama::Llama;
+use stepwise_student::{ChatMessage, StudentTokenizer};
 use stepwise_teacher::server::{Backend, ChatModel, ModelJob, ModelOutput};
 
 /// What answers on the local server for backend `name`: `solver` or
@@ -33,7 +36,8 @@ pub fn local_backend(
 }
 
 pub struct GgufTeacher {
-    student: Student,
+    model: Llama,
+    tokenizer: StudentTokenizer,
     name: String,
     dtype: DType,
     /// The model's context length.
@@ -44,30 +48,27 @@ impl GgufTeacher {
     pub fn open(path: &Path, device: &str) -> Result<GgufTeacher> {
         let device = pick_device(device)?;
         let t = std::time::Instant::now();
-        let student = Student::from_gguf(path, &device)?;
+        let (model, tokenizer) = load_for_inference(path, &device)?;
         anyhow::ensure!(
-            student.tokenizer.chat_template.is_some(),
+            tokenizer.chat_template.is_some(),
             "{}: no tokenizer.chat_template in the GGUF; the gguf backend serves chat models",
             path.display()
         );
         tracing::info!(
             model = %path.display(),
-            parameters = student.params.num_parameters(),
+            parameters = model.config.num_parameters(),
             secs = t.elapsed().as_secs_f64(),
             "gguf teacher loaded"
         );
-        let context = student
-            .config
-            .llama()
-            .map(|c| c.max_position_embeddings)
-            .context("a GGUF model is decoder-only")?;
+        let context = model.config.max_position_embeddings;
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "gguf".into());
         Ok(GgufTeacher {
             dtype: compute_dtype(&device),
-            student,
+            model,
+            tokenizer,
             name,
             context,
         })
@@ -82,12 +83,8 @@ impl GgufTeacher {
                 content: m.content.clone(),
             })
             .collect();
-        let text = self
-            .student
-            .tokenizer
-            .render_chat(&messages)
-            .map_err(|e| e.to_string())?;
-        let mut ids = self.student.tokenizer.encode(&text).map_err(|e| e.to_string())?;
+        let text = self.tokenizer.render_chat(&messages).map_err(|e| e.to_string())?;
+        let mut ids = self.tokenizer.encode(&text).map_err(|e| e.to_string())?;
         let room = self.context.saturating_sub(job.max_tokens as usize);
         if ids.len() > room {
             return Err(format!(
@@ -127,13 +124,8 @@ impl ChatModel for GgufTeacher {
                 stop: jobs[*i].stop.clone(),
             })
             .collect();
-        let tok = &self.student.tokenizer;
-        let model = self
-            .student
-            .model
-            .llama()
-            .expect("open() checked the model is decoder-only");
-        match decode_batch(model, tok, &prompts, &opts, self.dtype) {
+        let tok = &self.tokenizer;
+        match decode_batch(&self.model, tok, &prompts, &opts, self.dtype) {
             Ok(generated) => {
                 for ((i, ids), g) in ready.iter().zip(generated) {
                     out[*i] = g
