@@ -7,20 +7,25 @@ optimizer seconds per step and training tokens/s, as the Rust bench does.
 
     python3 -m venv /tmp/torch && /tmp/torch/bin/pip install torch   # from PyPI
     OMP_NUM_THREADS=2 /tmp/torch/bin/python bench/train_step_torch.py [hidden layers heads kv mlp vocab batch seq steps]
+    OMP_NUM_THREADS=2 /tmp/torch/bin/python bench/train_step_torch.py t5 [d_model layers heads d_ff vocab batch src tgt steps]
+
+The `t5` form builds t5-small's shape as `transformers` does (T5 layer norm,
+relative position buckets from each stack's first block, unscaled attention,
+relu feed-forward, tied head scaled by d_model^-0.5), dropout off as in the
+Rust bench.
 
 Not a test: numbers depend on the machine.
 """
 
+import math
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-args = [int(a) for a in sys.argv[1:]]
-d = [512, 6, 8, 4, 1376, 8192, 8, 128, 5]
-hidden, layers, heads, kv, inter, vocab, batch, seq, steps = args + d[len(args):]
-hd = hidden // heads
+T5 = "t5" in sys.argv[1:]
+args = [int(a) for a in sys.argv[1:] if a != "t5"]
 torch.manual_seed(0)
 
 
@@ -28,6 +33,126 @@ def p(*shape, one=False):
     t = torch.ones(*shape) if one else torch.randn(*shape) * 0.02
     return torch.nn.Parameter(t)
 
+
+def ids_of(b, t, vocab, mult):
+    return (torch.arange(b * t) * mult % vocab).view(b, t)
+
+
+def run(params, loss_fn, tokens, steps, header):
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    n = sum(t.numel() for t in params)
+    print(f"pytorch {torch.__version__}: {n / 1e6:.1f}M parameters ({header}); threads {torch.get_num_threads()}")
+    tf = tb = to = 0.0
+    for step in range(steps + 1):
+        t0 = time.perf_counter()
+        loss = loss_fn()
+        loss.item()
+        t1 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        t3 = time.perf_counter()
+        if step > 0:  # the first step warms up
+            tf, tb, to = tf + t1 - t0, tb + t2 - t1, to + t3 - t2
+    per = (tf + tb + to) / steps
+    print(f"per step: forward {tf / steps:.3f}s, backward {tb / steps:.3f}s, optimizer {to / steps:.3f}s, "
+          f"total {per:.3f}s; {tokens / per:.0f} tokens/s")
+
+
+def nll(logits, target):
+    return -torch.log_softmax(logits, -1).gather(-1, target.unsqueeze(-1)).mean()
+
+
+def t5_bench():
+    d = [512, 6, 8, 2048, 32128, 16, 64, 64, 5]
+    d_model, layers, heads, d_ff, vocab, batch, src, tgt, steps = args + d[len(args):]
+    dkv, buckets, max_dist = d_model // heads, 32, 128
+    shared = p(vocab, d_model)
+
+    def attn():
+        return dict(q=p(heads * dkv, d_model), k=p(heads * dkv, d_model), v=p(heads * dkv, d_model),
+                    o=p(d_model, heads * dkv))
+
+    enc = [dict(n1=p(d_model, one=True), sa=attn(), n2=p(d_model, one=True), wi=p(d_ff, d_model), wo=p(d_model, d_ff))
+           for _ in range(layers)]
+    dec = [dict(n1=p(d_model, one=True), sa=attn(), n2=p(d_model, one=True), ca=attn(), n3=p(d_model, one=True),
+                wi=p(d_ff, d_model), wo=p(d_model, d_ff)) for _ in range(layers)]
+    enc_bias, dec_bias = p(buckets, heads), p(buckets, heads)
+    enc_norm, dec_norm = p(d_model, one=True), p(d_model, one=True)
+
+    def flat(x):
+        return [t for v in x.values() for t in (flat(v) if isinstance(v, dict) else [v])]
+
+    params = [shared, enc_bias, dec_bias, enc_norm, dec_norm] + [t for b in enc + dec for t in flat(b)]
+
+    def bucket(rel, bidirectional):
+        # transformers' T5Attention._relative_position_bucket
+        n, ret = buckets, torch.zeros_like(rel)
+        if bidirectional:
+            n //= 2
+            ret += (rel > 0).long() * n
+            rel = rel.abs()
+        else:
+            rel = -torch.min(rel, torch.zeros_like(rel))
+        exact = n // 2
+        large = exact + (torch.log(rel.float() / exact) / math.log(max_dist / exact) * (n - exact)).long()
+        large = torch.min(large, torch.full_like(large, n - 1))
+        return ret + torch.where(rel < exact, rel, large)
+
+    def bias(table, q, k, bidirectional):
+        rel = torch.arange(k)[None, :] - torch.arange(q)[:, None]
+        return table[bucket(rel, bidirectional)].permute(2, 0, 1).unsqueeze(0)
+
+    def norm(x, w, eps=1e-6):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+    def mha(a, x, kv, b):
+        bs, t, _ = x.shape
+        tk = kv.shape[1]
+        q = (x @ a["q"].T).view(bs, t, heads, dkv).transpose(1, 2)
+        k = (kv @ a["k"].T).view(bs, tk, heads, dkv).transpose(1, 2)
+        v = (kv @ a["v"].T).view(bs, tk, heads, dkv).transpose(1, 2)
+        att = torch.softmax(q @ k.transpose(-1, -2) + b, -1)
+        return (att @ v).transpose(1, 2).reshape(bs, t, heads * dkv) @ a["o"].T
+
+    def ff(blk, x, n):
+        return x + torch.relu(norm(x, blk[n]) @ blk["wi"].T) @ blk["wo"].T
+
+    enc_ids = ids_of(batch, src, vocab, 7919)
+    dec_all = ids_of(batch, tgt + 1, vocab, 104729)
+    dec_in, target = dec_all[:, :tgt], dec_all[:, 1:]
+    causal = torch.full((tgt, tgt), float("-inf")).triu(1)
+
+    def loss_fn():
+        x = shared[enc_ids]
+        eb = bias(enc_bias, src, src, True)
+        for blk in enc:
+            x = x + mha(blk["sa"], norm(x, blk["n1"]), norm(x, blk["n1"]), eb)
+            x = ff(blk, x, "n2")
+        e = norm(x, enc_norm)
+        y = shared[dec_in]
+        db = bias(dec_bias, tgt, tgt, False) + causal
+        for blk in dec:
+            h = norm(y, blk["n1"])
+            y = y + mha(blk["sa"], h, h, db)
+            y = y + mha(blk["ca"], norm(y, blk["n2"]), e, 0.0)
+            y = ff(blk, y, "n3")
+        logits = (norm(y, dec_norm) * d_model ** -0.5) @ shared.T
+        return nll(logits, target)
+
+    header = (f"t5: d_model {d_model}, {layers}+{layers} layers, {heads} heads, relu {d_ff}, vocab {vocab}; "
+              f"batch {batch} x {src} -> {tgt}")
+    run(params, loss_fn, batch * (src + tgt), steps, header)
+
+
+if T5:
+    t5_bench()
+    sys.exit(0)
+
+d = [512, 6, 8, 4, 1376, 8192, 8, 128, 5]
+hidden, layers, heads, kv, inter, vocab, batch, seq, steps = args + d[len(args):]
+hd = hidden // heads
 
 emb = p(vocab, hidden)
 blocks = [
@@ -72,26 +197,7 @@ def forward(ids):
     return rms(x, norm) @ emb.T
 
 
-ids = (torch.arange(batch * (seq + 1)) * 7919 % vocab).view(batch, seq + 1)
+ids = ids_of(batch, seq + 1, vocab, 7919)
 inp, tgt = ids[:, :seq], ids[:, 1:]
-opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-n = sum(t.numel() for t in params)
-print(f"pytorch {torch.__version__}: {n / 1e6:.1f}M parameters (hidden {hidden}, {layers} layers, {heads}/{kv} heads, "
-      f"mlp {inter}, vocab {vocab}); batch {batch} x {seq}; threads {torch.get_num_threads()}")
-tf = tb = to = 0.0
-for step in range(steps + 1):
-    t0 = time.perf_counter()
-    logits = forward(inp)
-    loss = -torch.log_softmax(logits, -1).gather(-1, tgt.unsqueeze(-1)).mean()
-    loss.item()
-    t1 = time.perf_counter()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    t2 = time.perf_counter()
-    opt.step()
-    t3 = time.perf_counter()
-    if step > 0:  # the first step warms up
-        tf, tb, to = tf + t1 - t0, tb + t2 - t1, to + t3 - t2
-per = (tf + tb + to) / steps
-print(f"per step: forward {tf / steps:.3f}s, backward {tb / steps:.3f}s, optimizer {to / steps:.3f}s; "
-      f"{batch * seq / per:.0f} tokens/s")
+header = f"hidden {hidden}, {layers} layers, {heads}/{kv} heads, mlp {inter}, vocab {vocab}; batch {batch} x {seq}"
+run(params, lambda: nll(forward(inp), tgt), batch * seq, steps, header)

@@ -1,6 +1,6 @@
 //! `stepwise run` end to end at a size that keeps CI fast: the solver teacher
-//! gives knowledge transfer (and a run killed mid-training, then re-run, ends
-//! with the same results); the mimic teacher gives style-only imitation.
+//! gives knowledge transfer (and a run stopped by Ctrl-C while teaching and
+//! killed mid-training, then re-run, ends with the same results); the mimic teacher gives style-only imitation.
 
 use serde_json::Value;
 use std::path::Path;
@@ -63,7 +63,7 @@ fn accuracy(m: &Value, model: &str, split: &str) -> f64 {
 }
 
 #[test]
-fn solver_teacher_transfers_knowledge_and_a_killed_run_resumes_to_the_same_results() {
+fn solver_teacher_transfers_knowledge_and_an_interrupted_run_resumes_to_the_same_results() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("small.toml");
     std::fs::write(&cfg, SMALL).unwrap();
@@ -92,15 +92,31 @@ fn solver_teacher_transfers_knowledge_and_a_killed_run_resumes_to_the_same_resul
     assert!(html.matches("<svg").count() >= 2, "plots inline in the report");
     assert!(a.join("report.md").exists() && a.join("eval/predictions.parquet").exists());
 
-    // The same run killed with SIGKILL in the middle of training, then re-run.
+    // The same run stopped by Ctrl-C (SIGINT) once teaching has begun, run
+    // again and killed with SIGKILL in the middle of training, then re-run.
     let b = tmp.path().join("b");
-    let mut child = Command::new(bin())
-        .args(["run", cfg.to_str().unwrap(), "--dir", b.to_str().unwrap()])
-        .env("STEPWISE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let spawn = || {
+        Command::new(bin())
+            .args(["run", cfg.to_str().unwrap(), "--dir", b.to_str().unwrap()])
+            .env("STEPWISE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    let teaching = b.join("shards/_pending.jsonl");
+    let t = Instant::now();
+    while !teaching.exists() {
+        assert!(t.elapsed() < Duration::from_secs(300), "teaching never began");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before Ctrl-C");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "Ctrl-C stops the run");
+    assert!(!b.join("metrics.json").exists());
+    let mut child = spawn();
     let mid = b.join("student/distill/checkpoints/step-00000064");
     let t = Instant::now();
     while !mid.exists() {
@@ -125,7 +141,7 @@ fn solver_teacher_transfers_knowledge_and_a_killed_run_resumes_to_the_same_resul
         "faithfulness",
         "contamination",
     ] {
-        assert_eq!(m[key], mb[key], "{key} differs after the kill and resume");
+        assert_eq!(m[key], mb[key], "{key} differs after Ctrl-C, a kill and resume");
     }
     let pa = std::fs::read(a.join("eval/predictions.parquet")).unwrap();
     let pb = std::fs::read(b.join("eval/predictions.parquet")).unwrap();

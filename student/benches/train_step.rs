@@ -1,8 +1,11 @@
-//! Training throughput on CPU: forward, backward and optimizer time per step
-//! for a decoder of a given shape. Prints numbers; asserts nothing.
+//! Training throughput on CPU: forward, backward and optimizer time per step.
+//! Prints numbers; asserts nothing. Compare with `bench/train_step_torch.py`.
 //!
 //! `cargo bench -p stepwise-student --bench train_step -- [hidden layers heads kv_heads inter vocab batch seq steps]`
 //! Default: the ~20M-parameter decoder of the student issue (512, 6, 8, 4, 1376, 8192), batch 8 × 128.
+//!
+//! `cargo bench -p stepwise-student --bench train_step -- t5 [d_model layers heads d_ff vocab batch src tgt steps]`
+//! Default: t5-small's shape (512, 6+6 layers, 8 heads, relu 2048, 32128), batch 16 × 64 → 64.
 
 use std::time::Instant;
 
@@ -16,39 +19,80 @@ use candle_core::{D, DType, Device, Tensor};
 use stepwise_student::llama::{Config, Llama};
 use stepwise_student::optim::{AdamW, AdamWConfig, Grads};
 use stepwise_student::params::ParamStore;
+use stepwise_student::t5::{T5, T5Config};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> Res<()> {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let t5 = raw.iter().any(|a| a == "t5");
+    let args: Vec<usize> = raw.iter().filter_map(|a| a.parse().ok()).collect();
     let get = |i: usize, d: usize| args.get(i).copied().unwrap_or(d);
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
+    let dev = Device::Cpu;
+    if t5 {
+        let (d_model, layers, heads, d_ff, vocab) = (get(0, 512), get(1, 6), get(2, 8), get(3, 2048), get(4, 32128));
+        let (batch, src, tgt, steps) = (get(5, 16), get(6, 64), get(7, 64), get(8, 5));
+        let mut cfg = T5Config::small(vocab);
+        (cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.d_ff) = (d_model, layers, heads, d_ff);
+        cfg.d_kv = d_model / heads;
+        let params = ParamStore::init(&cfg.parameter_shapes(), 0.02, 0, &dev)?;
+        let model = T5::new(&cfg, &params)?;
+        println!(
+            "t5: {:.1}M parameters (d_model {d_model}, {layers}+{layers} layers, {heads} heads, relu {d_ff}, vocab {vocab}); batch {batch} x {src} -> {tgt}; threads {threads}",
+            params.num_parameters() as f64 / 1e6
+        );
+        let enc = ids(batch, src, vocab, 7919, &dev)?;
+        let dec = ids(batch, tgt + 1, vocab, 104729, &dev)?;
+        let (dec_in, target) = (dec.narrow(1, 0, tgt)?.contiguous()?, dec.narrow(1, 1, tgt)?.contiguous()?);
+        let lengths = vec![src; batch];
+        let loss = || -> Res<Tensor> {
+            nll(&model.forward_train(&enc, &lengths, &dec_in, None, DType::F32)?, &target)
+        };
+        return time_steps(&params, steps, batch * (src + tgt), loss);
+    }
     let (hidden, layers, heads, kv, inter, vocab) =
         (get(0, 512), get(1, 6), get(2, 8), get(3, 4), get(4, 1376), get(5, 8192));
     let (batch, seq, steps) = (get(6, 8), get(7, 128), get(8, 5));
     let mut cfg = Config::tiny(vocab, hidden, layers, heads, kv);
     cfg.intermediate_size = inter;
     cfg.max_position_embeddings = seq + 1;
-    let dev = Device::Cpu;
     let params = ParamStore::init(&cfg.parameter_shapes(), 0.02, 0, &dev)?;
     let model = Llama::new(&cfg, &params)?;
-    let mut opt = AdamW::new(AdamWConfig::default(), &params);
     println!(
-        "decoder: {:.1}M parameters (hidden {hidden}, {layers} layers, {heads}/{kv} heads, mlp {inter}, vocab {vocab}); batch {batch} x {seq}; threads {}",
-        params.num_parameters() as f64 / 1e6,
-        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into())
+        "decoder: {:.1}M parameters (hidden {hidden}, {layers} layers, {heads}/{kv} heads, mlp {inter}, vocab {vocab}); batch {batch} x {seq}; threads {threads}",
+        params.num_parameters() as f64 / 1e6
     );
-    let ids: Vec<u32> = (0..batch * (seq + 1)).map(|i| ((i * 7919) % vocab) as u32).collect();
-    let ids = Tensor::from_vec(ids, (batch, seq + 1), &dev)?;
-    let inp = ids.narrow(1, 0, seq)?.contiguous()?;
-    let tgt = ids.narrow(1, 1, seq)?.contiguous()?.unsqueeze(2)?;
+    let all = ids(batch, seq + 1, vocab, 7919, &dev)?;
+    let (inp, target) = (all.narrow(1, 0, seq)?.contiguous()?, all.narrow(1, 1, seq)?.contiguous()?);
     let lengths = vec![seq; batch];
+    let loss = || -> Res<Tensor> { nll(&model.forward_train(&inp, &lengths, None, DType::F32)?, &target) };
+    time_steps(&params, steps, batch * seq, loss)
+}
+
+/// A fixed `(b, t)` batch of token ids.
+fn ids(b: usize, t: usize, vocab: usize, mult: usize, dev: &Device) -> Res<Tensor> {
+    let v: Vec<u32> = (0..b * t).map(|i| ((i * mult) % vocab) as u32).collect();
+    Ok(Tensor::from_vec(v, (b, t), dev)?)
+}
+
+/// Mean negative log-likelihood of `target` `(b, t)` under `logits` `(b, t, vocab)`.
+fn nll(logits: &Tensor, target: &Tensor) -> Res<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    Ok(logp.gather(&target.unsqueeze(2)?, D::Minus1)?.mean_all()?.neg()?)
+}
+
+/// Runs `steps` + 1 training steps (the first warms up allocations and thread
+/// pools) and prints the mean forward, backward and optimizer time.
+fn time_steps(params: &ParamStore, steps: usize, tokens: usize, loss: impl Fn() -> Res<Tensor>) -> Res<()> {
+    let mut opt = AdamW::new(AdamWConfig::default(), params);
     let (mut tf, mut tb, mut to) = (0.0, 0.0, 0.0);
     for step in 0..=steps {
         let t0 = Instant::now();
-        let logits = model.forward_train(&inp, &lengths, None, DType::F32)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let loss = logp.gather(&tgt, D::Minus1)?.mean_all()?.neg()?;
-        let _ = loss.to_scalar::<f32>()?;
+        let l = loss()?;
+        let _ = l.to_scalar::<f32>()?;
         let t1 = Instant::now();
-        let g = loss.backward()?;
+        let g = l.backward()?;
         let mut grads = Grads::new();
         for (name, var) in params.vars() {
             if let Some(t) = g.get(var.as_tensor()) {
@@ -57,10 +101,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         drop(g);
         let t2 = Instant::now();
-        opt.step(&params, &grads, 1e-4)?;
+        opt.step(params, &grads, 1e-4)?;
         let t3 = Instant::now();
         if step > 0 {
-            // Step 0 warms up allocations and thread pools.
             tf += (t1 - t0).as_secs_f64();
             tb += (t2 - t1).as_secs_f64();
             to += (t3 - t2).as_secs_f64();
@@ -74,7 +117,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tb / n,
         to / n,
         total,
-        (batch * seq) as f64 / total
+        tokens as f64 / total
     );
     Ok(())
 }

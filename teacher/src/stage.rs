@@ -349,21 +349,33 @@ pub async fn teach(examples: &[Example], cfg: TeachConfig, paths: &TeachPaths) -
     let started = std::time::Instant::now();
     let mut failures: Option<std::fs::File> = None;
     let concurrency = shared.cfg.client.concurrency.max(1);
-    // Each request is its own task, so requests progress on every worker
-    // thread while this loop writes rows.
-    let mut stream = futures::stream::iter(todo.into_iter().map(|ex| {
-        let s = shared.clone();
-        async move {
-            tokio::spawn(async move { s.teach_one(ex).await })
-                .await
-                .expect("a teach task panicked")
-        }
-    }))
-    .buffer_unordered(concurrency)
-    .ready_chunks(256);
-    while let Some(batch) = stream.next().await {
+    // Requests are driven by their own task (each request its own task, so
+    // they progress on every worker thread) and reach this loop through a
+    // channel: writing and syncing rows never holds back new requests.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut stream = futures::stream::iter(todo.into_iter().map(|ex| {
+                let s = shared.clone();
+                async move {
+                    tokio::spawn(async move { s.teach_one(ex).await })
+                        .await
+                        .expect("a teach task panicked")
+                }
+            }))
+            .buffer_unordered(concurrency);
+            while let Some(outcome) = stream.next().await {
+                if tx.send(outcome).is_err() {
+                    break; // the writer stopped on an error
+                }
+            }
+        })
+    };
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 1024).await > 0 {
         let mut rows = Vec::new();
-        for outcome in batch {
+        for outcome in batch.drain(..) {
             match outcome {
                 Outcome::Rows {
                     rows: r,
@@ -414,7 +426,15 @@ pub async fn teach(examples: &[Example], cfg: TeachConfig, paths: &TeachPaths) -
         }
         summary.agree_with_gold += rows.iter().filter(|r| r.agrees_with_gold == Some(true)).count() as u64;
         summary.rationalized_rows += rows.iter().filter(|r| r.rationalized).count() as u64;
-        summary.rows_written += shards.append(rows)? as u64;
+        // The journal's fsync runs off the runtime's threads.
+        let (back, written) = tokio::task::spawn_blocking(move || {
+            let n = shards.append(rows);
+            (shards, n)
+        })
+        .await
+        .map_err(|e| TeacherError::Server(format!("shard writer: {e}")))?;
+        shards = back;
+        summary.rows_written += written? as u64;
         let secs = started.elapsed().as_secs_f64().max(1e-3);
         bar.set_message(format!(
             "{:.0} tok/s, {} errors, ${:.4}",
@@ -423,6 +443,7 @@ pub async fn teach(examples: &[Example], cfg: TeachConfig, paths: &TeachPaths) -
             shared.spent_micro_usd.load(Ordering::SeqCst) as f64 / 1e6
         ));
     }
+    driver.await.map_err(|e| TeacherError::Server(format!("request driver: {e}")))?;
     bar.finish_and_clear();
     shards.finish()?;
     summary.cost_usd = shared.spent_micro_usd.load(Ordering::SeqCst) as f64 / 1e6;
