@@ -12,10 +12,9 @@ mod teach_cmd;
 
 use clap::{Parser, Subcommand};
 
-// candle allocates a fresh buffer per op; the system allocator hands large
-// ones back to the kernel and page faults then cost more than the arithmetic.
+// See `stepwise_student::alloc`: page faults otherwise cost more than the arithmetic.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: stepwise_student::alloc::MiMalloc = stepwise_student::alloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -63,6 +62,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    stepwise_student::alloc::keep_freed_memory();
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_env("STEPWISE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt()

@@ -15,10 +15,12 @@ use stepwise_student::generate::{Decode, decode_batch};
 use stepwise_student::gguf::load_for_inference;
 use stepwise_student::{ChatMessage, Model, Student};
 
+// See `stepwise_student::alloc`.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: stepwise_student::alloc::MiMalloc = stepwise_student::alloc::MiMalloc;
 
 fn main() {
+    stepwise_student::alloc::keep_freed_memory();
     let mut args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let dense = args.iter().any(|a| a == "--dense");
     args.retain(|a| a != "--dense");

@@ -9,14 +9,13 @@
 
 use std::time::Instant;
 
-// Reuses freed blocks instead of returning them to the kernel: candle allocates
-// a fresh buffer per op, and with the system allocator page faults cost more
-// than the arithmetic.
+// See `stepwise_student::alloc`.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: stepwise_student::alloc::MiMalloc = stepwise_student::alloc::MiMalloc;
 
 use candle_core::{D, DType, Device, Tensor};
 use stepwise_student::llama::{Config, Llama};
+use stepwise_student::ops::nll_rows;
 use stepwise_student::optim::{AdamW, AdamWConfig, Grads};
 use stepwise_student::params::ParamStore;
 use stepwise_student::t5::{T5, T5Config};
@@ -24,6 +23,7 @@ use stepwise_student::t5::{T5, T5Config};
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> Res<()> {
+    stepwise_student::alloc::keep_freed_memory();
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let t5 = raw.iter().any(|a| a == "t5");
     let args: Vec<usize> = raw.iter().filter_map(|a| a.parse().ok()).collect();
@@ -76,10 +76,11 @@ fn ids(b: usize, t: usize, vocab: usize, mult: usize, dev: &Device) -> Res<Tenso
     Ok(Tensor::from_vec(v, (b, t), dev)?)
 }
 
-/// Mean negative log-likelihood of `target` `(b, t)` under `logits` `(b, t, vocab)`.
+/// Mean negative log-likelihood of `target` `(b, t)` under `logits` `(b, t, vocab)`,
+/// as the trainer computes it.
 fn nll(logits: &Tensor, target: &Tensor) -> Res<Tensor> {
-    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    Ok(logp.gather(&target.unsqueeze(2)?, D::Minus1)?.mean_all()?.neg()?)
+    let v = logits.dim(D::Minus1)?;
+    Ok(nll_rows(&logits.reshape(((), v))?, &target.flatten_all()?)?.mean_all()?)
 }
 
 /// Runs `steps` + 1 training steps (the first warms up allocations and thread

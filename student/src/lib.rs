@@ -18,6 +18,7 @@
 //! - [`generate`]: batched greedy decoding.
 //! - [`device`]: CPU by default, CUDA with `--features cuda`, chosen at run time.
 
+pub mod alloc;
 pub mod data;
 pub mod device;
 pub mod error;

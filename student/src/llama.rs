@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::quantized::{GgmlDType, QMatMul};
-use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::params::{Dropout, ParamStore};
@@ -182,28 +182,7 @@ pub(crate) fn widened(dtype: DType) -> DType {
     }
 }
 
-/// RMSNorm from differentiable ops (the fused `candle_nn` one has no
-/// gradient), reduced in at least f32.
-pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let x = x.to_dtype(widened(dtype))?;
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    let y = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
-    y.to_dtype(dtype)?.broadcast_mul(&w.to_dtype(dtype)?)
-}
-
-fn rotate_half(x: &Tensor) -> Result<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-    Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)
-}
-
-/// Rotary embedding (HF's half-split layout). `cos`/`sin` are `(b, 1, t, hd)`
-/// gathered at each row's own positions, so left-padded batches work.
-pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    x.broadcast_mul(cos)? + rotate_half(x)?.broadcast_mul(sin)?
-}
+pub use crate::ops::{rms_norm, rope};
 
 /// Per-layer keys and values of the tokens seen so far, for generation.
 #[derive(Default)]
@@ -408,7 +387,7 @@ impl Llama {
             )?;
             let gate = self.project(&h, &format!("{p}.mlp.gate_proj"))?;
             let up = self.project(&h, &format!("{p}.mlp.up_proj"))?;
-            let y = self.project(&(candle_nn::ops::silu(&gate)? * up)?, &format!("{p}.mlp.down_proj"))?;
+            let y = self.project(&crate::ops::swiglu(&gate, &up)?, &format!("{p}.mlp.down_proj"))?;
             let y = match dropout.as_deref_mut() {
                 Some(d) => d.apply(&y)?,
                 None => y,

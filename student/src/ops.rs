@@ -1,12 +1,14 @@
-//! Fused CPU ops with hand-written backward passes.
+//! Fused CPU ops with hand-written backward passes: softmax, RMSNorm, rotary
+//! embedding, SwiGLU and the per-row negative log-likelihood.
 //!
-//! candle's composed softmax (max, subtract, exp, sum, divide) makes five
-//! full-size tensors forward and more backward, each a separate pass; its
-//! fused `softmax_last_dim` has no gradient. These do one pass each way, rows
-//! in parallel. Other devices fall back to the composed op (which carries a
+//! candle's composed forms make a full-size tensor per elementary op, each a
+//! separate pass, and its backward adds a zero-filled gradient buffer for
+//! every node; its fused `softmax_last_dim`, `rms_norm` and `rope` have no
+//! gradient. These do one pass each way, rows in parallel. Other devices fall back to the composed op (which carries a
 //! gradient). Checked against finite differences in `tests/gradients.rs`.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor};
+use num_traits::Float;
 use rayon::prelude::*;
 
 /// Softmax over the last dimension, with a gradient.
@@ -104,6 +106,398 @@ impl CustomOp2 for SoftmaxBwd {
             }
             _ => candle_core::bail!("stepwise-softmax-bwd: f32 or f64 only"),
         };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// The contiguous slice of a CPU tensor's storage.
+fn slice<'a, T>(s: &'a [T], l: &Layout) -> Result<&'a [T]> {
+    Ok(rows(s, l)?.0)
+}
+
+/// Dispatches a float computation over f32/f64 storages; other dtypes fail.
+macro_rules! float_op {
+    ($name:expr, $($s:ident),+ => |$($v:ident),+| $body:expr) => {{
+        match ($($s,)+) {
+            ($(CpuStorage::F32($v),)+) => CpuStorage::F32($body),
+            ($(CpuStorage::F64($v),)+) => CpuStorage::F64($body),
+            _ => candle_core::bail!("{}: f32 or f64 only, all inputs of one dtype", $name),
+        }
+    }};
+}
+
+/// True where the fused CPU kernels apply; elsewhere the composed op runs.
+fn fused(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64))
+        && ts.windows(2).all(|w| w[0].dtype() == w[1].dtype())
+}
+
+/// Rows per partial sum in reductions over rows: fixed, so the summation
+/// order (and an exactly resumed run's weights) does not depend on threads.
+const REDUCE_ROWS: usize = 64;
+
+/// `x / sqrt(mean(x²) + eps) * w` over the last dimension, with a gradient:
+/// one pass forward and two backward, against about six tensors each way
+/// composed.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused(&[x, w]) {
+        return x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps });
+    }
+    let dtype = x.dtype();
+    let x = x.to_dtype(crate::llama::widened(dtype))?;
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
+    y.to_dtype(dtype)?.broadcast_mul(&w.to_dtype(dtype)?)
+}
+
+fn inv_rms<T: Float>(x: &[T], eps: f64) -> T {
+    let ms = x.iter().fold(T::zero(), |a, &v| a + v * v) / T::from(x.len()).unwrap();
+    T::one() / (ms + T::from(eps).unwrap()).sqrt()
+}
+
+struct RmsNorm {
+    eps: f64,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "stepwise-rms-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let h = l1.dims().last().copied().unwrap_or(1).max(1);
+        fn run<T: Float + Send + Sync>(x: &[T], w: &[T], h: usize, eps: f64) -> Vec<T> {
+            let mut out = vec![T::zero(); x.len()];
+            out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(o, x)| {
+                let r = inv_rms(x, eps);
+                for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+                    *o = x * r * w;
+                }
+            });
+            out
+        }
+        let out = float_op!(self.name(), s1, s2 => |x, w| run(slice(x, l1)?, slice(w, l2)?, h, self.eps));
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let dx = x.apply_op3_no_bwd(w, &g, &RmsNormBwdX { eps: self.eps })?;
+        let dw = x.apply_op2_no_bwd(&g, &RmsNormBwdW { eps: self.eps })?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// dx = r·(g⊙w) − x·r³·mean((g⊙w)⊙x), per row, r = 1/rms(x).
+struct RmsNormBwdX {
+    eps: f64,
+}
+
+impl CustomOp3 for RmsNormBwdX {
+    fn name(&self) -> &'static str {
+        "stepwise-rms-norm-bwd-x"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let h = l1.dims().last().copied().unwrap_or(1).max(1);
+        fn run<T: Float + Send + Sync>(x: &[T], w: &[T], g: &[T], h: usize, eps: f64) -> Vec<T> {
+            let mut out = vec![T::zero(); x.len()];
+            let n = T::from(h).unwrap();
+            out.par_chunks_mut(h)
+                .zip(x.par_chunks(h).zip(g.par_chunks(h)))
+                .for_each(|(o, (x, g))| {
+                    let r = inv_rms(x, eps);
+                    let dot = x.iter().zip(g).zip(w).fold(T::zero(), |a, ((&x, &g), &w)| a + g * w * x);
+                    let c = r * r * r * dot / n;
+                    for (((o, &x), &g), &w) in o.iter_mut().zip(x).zip(g).zip(w) {
+                        *o = r * g * w - x * c;
+                    }
+                });
+            out
+        }
+        let out = float_op!(self.name(), s1, s2, s3 => |x, w, g| run(slice(x, l1)?, slice(w, l2)?, slice(g, l3)?, h, self.eps));
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// dw = Σ_rows g⊙x·r.
+struct RmsNormBwdW {
+    eps: f64,
+}
+
+impl CustomOp2 for RmsNormBwdW {
+    fn name(&self) -> &'static str {
+        "stepwise-rms-norm-bwd-w"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let h = l1.dims().last().copied().unwrap_or(1).max(1);
+        fn run<T: Float + Send + Sync>(x: &[T], g: &[T], h: usize, eps: f64) -> Vec<T> {
+            let partial: Vec<Vec<T>> = x
+                .par_chunks(h * REDUCE_ROWS)
+                .zip(g.par_chunks(h * REDUCE_ROWS))
+                .map(|(x, g)| {
+                    let mut acc = vec![T::zero(); h];
+                    for (x, g) in x.chunks(h).zip(g.chunks(h)) {
+                        let r = inv_rms(x, eps);
+                        for ((a, &x), &g) in acc.iter_mut().zip(x).zip(g) {
+                            *a = *a + g * x * r;
+                        }
+                    }
+                    acc
+                })
+                .collect();
+            let mut out = vec![T::zero(); h];
+            for p in partial {
+                for (o, v) in out.iter_mut().zip(p) {
+                    *o = *o + v;
+                }
+            }
+            out
+        }
+        let out = float_op!(self.name(), s1, s2 => |x, g| run(slice(x, l1)?, slice(g, l2)?, h, self.eps));
+        Ok((out, Shape::from(h)))
+    }
+}
+
+/// Rotary embedding in HF's half-split layout, with a gradient: `x`
+/// `(b, heads, t, d)`, `cos`/`sin` `(b, 1, t, d)` (no gradient: positions).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if fused(&[x, cos, sin]) && x.rank() == 4 && cos.dims() == [x.dim(0)?, 1, x.dim(2)?, x.dim(3)?] {
+        return x
+            .contiguous()?
+            .apply_op3(&cos.contiguous()?, &sin.contiguous()?, Rope { backward: false });
+    }
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
+}
+
+/// Forward: y = x⊙cos + rotate_half(x)⊙sin. Backward (its transpose):
+/// dx = g⊙cos + rotate_half(g⊙sin)ᵀ, i.e. the sign moves to the other half.
+struct Rope {
+    backward: bool,
+}
+
+impl CustomOp3 for Rope {
+    fn name(&self) -> &'static str {
+        "stepwise-rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = l1.dims();
+        let (heads, t, d) = (dims[1], dims[2], dims[3]);
+        let back = self.backward;
+        fn run<T: Float + Send + Sync>(x: &[T], c: &[T], s: &[T], heads: usize, t: usize, d: usize, back: bool) -> Vec<T> {
+            let half = d / 2;
+            let mut out = vec![T::zero(); x.len()];
+            out.par_chunks_mut(d).zip(x.par_chunks(d)).enumerate().for_each(|(r, (o, x))| {
+                let at = (r / (heads * t) * t + r % t) * d;
+                let (c, s) = (&c[at..at + d], &s[at..at + d]);
+                for j in 0..half {
+                    if back {
+                        o[j] = x[j] * c[j] + x[j + half] * s[j + half];
+                        o[j + half] = x[j + half] * c[j + half] - x[j] * s[j];
+                    } else {
+                        o[j] = x[j] * c[j] - x[j + half] * s[j];
+                        o[j + half] = x[j + half] * c[j + half] + x[j] * s[j + half];
+                    }
+                }
+            });
+            out
+        }
+        let out = float_op!(self.name(), s1, s2, s3 => |x, c, s| run(slice(x, l1)?, slice(c, l2)?, slice(s, l3)?, heads, t, d, back));
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = g.contiguous()?.apply_op3_no_bwd(cos, sin, &Rope { backward: true })?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+/// `silu(gate) ⊙ up`, the SwiGLU product, with a gradient: one pass each way
+/// where the composed form makes several tensors.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fused(&[gate, up]) && gate.dims() == up.dims() {
+        return gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu);
+    }
+    candle_nn::ops::silu(gate)? * up
+}
+
+fn sigmoid<T: Float>(a: T) -> T {
+    T::one() / (T::one() + (-a).exp())
+}
+
+struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "stepwise-swiglu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        fn run<T: Float + Send + Sync>(a: &[T], b: &[T]) -> Vec<T> {
+            a.par_iter().zip(b).map(|(&a, &b)| a * sigmoid(a) * b).collect()
+        }
+        let out = float_op!(self.name(), s1, s2 => |a, b| run(slice(a, l1)?, slice(b, l2)?));
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(&self, a: &Tensor, b: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let da = a.apply_op3_no_bwd(b, &g, &SwiGluBwd)?;
+        let db = (candle_nn::ops::silu(a)? * &g)?;
+        Ok((Some(da), Some(db)))
+    }
+}
+
+/// d gate = g ⊙ up ⊙ σ(a)(1 + a(1 − σ(a))).
+struct SwiGluBwd;
+
+impl CustomOp3 for SwiGluBwd {
+    fn name(&self) -> &'static str {
+        "stepwise-swiglu-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn run<T: Float + Send + Sync>(a: &[T], b: &[T], g: &[T]) -> Vec<T> {
+            a.par_iter()
+                .zip(b)
+                .zip(g)
+                .map(|((&a, &b), &g)| {
+                    let s = sigmoid(a);
+                    g * b * s * (T::one() + a * (T::one() - s))
+                })
+                .collect()
+        }
+        let out = float_op!(self.name(), s1, s2, s3 => |a, b, g| run(slice(a, l1)?, slice(b, l2)?, slice(g, l3)?));
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// Per-row negative log-likelihood of `targets` `(n)` u32 under `logits`
+/// `(n, vocab)`, with a gradient for the logits: one pass each way over the
+/// largest tensor of a step, where log_softmax + gather make several.
+pub fn nll_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if fused(&[logits]) && targets.dtype() == DType::U32 {
+        return logits.contiguous()?.apply_op2(&targets.contiguous()?, NllRows);
+    }
+    let lp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    lp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
+}
+
+fn logsumexp<T: Float>(x: &[T]) -> T {
+    let max = x.iter().copied().fold(T::neg_infinity(), T::max);
+    max + x.iter().fold(T::zero(), |a, &v| a + (v - max).exp()).ln()
+}
+
+struct NllRows;
+
+impl CustomOp2 for NllRows {
+    fn name(&self) -> &'static str {
+        "stepwise-nll-rows"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let v = l1.dims().last().copied().unwrap_or(1).max(1);
+        let CpuStorage::U32(t) = s2 else {
+            candle_core::bail!("{}: targets must be u32", self.name())
+        };
+        let t = slice(t, l2)?;
+        fn run<T: Float + Send + Sync>(x: &[T], t: &[u32], v: usize) -> Result<Vec<T>> {
+            x.par_chunks(v)
+                .zip(t.par_iter())
+                .map(|(x, &t)| match x.get(t as usize) {
+                    Some(&xt) => Ok(logsumexp(x) - xt),
+                    None => Err(candle_core::Error::msg(format!("target {t} outside a vocabulary of {v}"))),
+                })
+                .collect()
+        }
+        let out = match s1 {
+            CpuStorage::F32(x) => CpuStorage::F32(run(slice(x, l1)?, t, v)?),
+            CpuStorage::F64(x) => CpuStorage::F64(run(slice(x, l1)?, t, v)?),
+            _ => candle_core::bail!("{}: f32 or f64 only", self.name()),
+        };
+        Ok((out, Shape::from(t.len())))
+    }
+
+    fn bwd(&self, x: &Tensor, t: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(x.apply_op3_no_bwd(t, &g.contiguous()?, &NllRowsBwd)?), None))
+    }
+}
+
+/// d logits = g_row ⊙ (softmax(row) − onehot(target)).
+struct NllRowsBwd;
+
+impl CustomOp3 for NllRowsBwd {
+    fn name(&self) -> &'static str {
+        "stepwise-nll-rows-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let v = l1.dims().last().copied().unwrap_or(1).max(1);
+        let CpuStorage::U32(t) = s2 else {
+            candle_core::bail!("{}: targets must be u32", self.name())
+        };
+        let t = slice(t, l2)?;
+        fn run<T: Float + Send + Sync>(x: &[T], t: &[u32], g: &[T], v: usize) -> Vec<T> {
+            let mut out = vec![T::zero(); x.len()];
+            out.par_chunks_mut(v)
+                .zip(x.par_chunks(v))
+                .zip(t.par_iter().zip(g.par_iter()))
+                .for_each(|((o, x), (&t, &g))| {
+                    let lse = logsumexp(x);
+                    for (o, &x) in o.iter_mut().zip(x) {
+                        *o = g * (x - lse).exp();
+                    }
+                    o[t as usize] = o[t as usize] - g;
+                });
+            out
+        }
+        let out = float_op!(self.name(), s1, s3 => |x, g| run(slice(x, l1)?, t, slice(g, l3)?, v));
         Ok((out, l1.shape().clone()))
     }
 }

@@ -527,9 +527,9 @@ fn task_loss(
     if count == 0.0 {
         return Ok(None);
     }
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let targets = Tensor::from_vec(targets, (n, t, 1), &dev)?;
-    let nll = logp.gather(&targets, D::Minus1)?.squeeze(D::Minus1)?.neg()?;
+    let vocab = logits.dim(D::Minus1)?;
+    let targets = Tensor::from_vec(targets, n * t, &dev)?;
+    let nll = crate::ops::nll_rows(&logits.reshape((n * t, vocab))?, &targets)?.reshape((n, t))?;
     let w = Tensor::from_vec(w, (n, t), &dev)?;
     Ok(Some(((&nll * w)?.sum_all()? / count as f64)?))
 }

@@ -4,6 +4,7 @@
 
 use candle_core::{D, DType, Device, Result, Tensor, Var};
 use stepwise_student::llama::{Config, Llama, causal_mask, linear, rms_norm, rope};
+use stepwise_student::ops::{nll_rows, swiglu};
 use stepwise_student::params::ParamStore;
 
 mod common;
@@ -69,6 +70,56 @@ fn softmax_silu_and_cross_entropy_gradients_match_finite_differences() {
         },
         10,
     );
+}
+
+#[test]
+fn fused_swiglu_and_nll_gradients_match_finite_differences() {
+    let a = var(&[3, 7], 20);
+    let b = var(&[3, 7], 21);
+    check(
+        &[("gate", &a), ("up", &b)],
+        &|| project(&swiglu(a.as_tensor(), b.as_tensor())?, 22),
+        10,
+    );
+    let targets = Tensor::new(&[2u32, 0, 6], &Device::Cpu).unwrap();
+    check(
+        &[("logits", &a)],
+        &|| project(&nll_rows(a.as_tensor(), &targets)?, 23),
+        10,
+    );
+}
+
+/// The fused CPU ops compute what their composed definitions do.
+#[test]
+fn fused_ops_equal_their_composed_definitions() -> Result<()> {
+    let close = |a: &Tensor, b: &Tensor| -> Result<f64> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
+    };
+    let x = rand_tensor(&[2, 3, 8], 30);
+    let w = rand_tensor(&[8], 31);
+    let reference = x
+        .broadcast_div(&(x.sqr()?.mean_keepdim(D::Minus1)? + 1e-5)?.sqrt()?)?
+        .broadcast_mul(&w)?;
+    assert!(close(&rms_norm(&x, &w, 1e-5)?, &reference)? < 1e-12);
+
+    let x = rand_tensor(&[2, 3, 5, 8], 32);
+    let (cos, sin) = (rand_tensor(&[2, 1, 5, 8], 33), rand_tensor(&[2, 1, 5, 8], 34));
+    let rotated = Tensor::cat(&[&x.narrow(3, 4, 4)?.neg()?, &x.narrow(3, 0, 4)?], 3)?;
+    let reference = (x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?;
+    assert!(close(&rope(&x, &cos, &sin)?, &reference)? < 1e-12);
+
+    let (a, b) = (rand_tensor(&[4, 6], 35), rand_tensor(&[4, 6], 36));
+    let reference = (candle_nn::ops::silu(&a)? * &b)?;
+    assert!(close(&swiglu(&a, &b)?, &reference)? < 1e-12);
+
+    let targets = Tensor::new(&[5u32, 0, 3, 1], &Device::Cpu)?;
+    let reference = candle_nn::ops::log_softmax(&a, D::Minus1)?
+        .gather(&targets.unsqueeze(1)?, 1)?
+        .squeeze(1)?
+        .neg()?;
+    assert!(close(&nll_rows(&a, &targets)?, &reference)? < 1e-12);
+    assert!(nll_rows(&a, &Tensor::new(&[6u32, 0, 0, 0], &Device::Cpu)?).is_err(), "a target past the vocabulary");
+    Ok(())
 }
 
 /// Every parameter of a whole model, with padding, grouped-query attention

@@ -47,11 +47,19 @@ impl ResponseCache {
 
     pub fn put(&self, hash: &str, value: &CachedResponse) -> Result<(), TeacherError> {
         let p = self.path(hash);
-        let dir = p.parent().expect("cache entries live in a subdirectory");
-        std::fs::create_dir_all(dir).map_err(|e| TeacherError::Io(dir.to_path_buf(), e))?;
         let tmp = p.with_extension("json.tmp");
         let body = serde_json::to_vec(value).expect("response serialises");
-        let mut f = std::fs::File::create(&tmp).map_err(|e| TeacherError::Io(tmp.clone(), e))?;
+        // The subdirectory is made on first use only (a mkdir per entry
+        // costs as much as the write).
+        let mut f = match std::fs::File::create(&tmp) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let dir = p.parent().expect("cache entries live in a subdirectory");
+                std::fs::create_dir_all(dir).map_err(|e| TeacherError::Io(dir.to_path_buf(), e))?;
+                std::fs::File::create(&tmp)
+            }
+            r => r,
+        }
+        .map_err(|e| TeacherError::Io(tmp.clone(), e))?;
         f.write_all(&body).map_err(|e| TeacherError::Io(tmp.clone(), e))?;
         std::fs::rename(&tmp, &p).map_err(|e| TeacherError::Io(p.clone(), e))
     }
