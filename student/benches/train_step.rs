@@ -44,10 +44,16 @@ fn main() -> Res<()> {
         );
         let enc = ids(batch, src, vocab, 7919, &dev)?;
         let dec = ids(batch, tgt + 1, vocab, 104729, &dev)?;
-        let (dec_in, target) = (dec.narrow(1, 0, tgt)?.contiguous()?, dec.narrow(1, 1, tgt)?.contiguous()?);
+        let (dec_in, target) = (
+            dec.narrow(1, 0, tgt)?.contiguous()?,
+            dec.narrow(1, 1, tgt)?.contiguous()?,
+        );
         let lengths = vec![src; batch];
         let loss = || -> Res<Tensor> {
-            nll(&model.forward_train(&enc, &lengths, &dec_in, None, DType::F32)?, &target)
+            nll(
+                &model.forward_train(&enc, &lengths, &dec_in, None, DType::F32)?,
+                &target,
+            )
         };
         return time_steps(&params, steps, batch * (src + tgt), loss);
     }
@@ -64,7 +70,10 @@ fn main() -> Res<()> {
         params.num_parameters() as f64 / 1e6
     );
     let all = ids(batch, seq + 1, vocab, 7919, &dev)?;
-    let (inp, target) = (all.narrow(1, 0, seq)?.contiguous()?, all.narrow(1, 1, seq)?.contiguous()?);
+    let (inp, target) = (
+        all.narrow(1, 0, seq)?.contiguous()?,
+        all.narrow(1, 1, seq)?.contiguous()?,
+    );
     let lengths = vec![seq; batch];
     let loss = || -> Res<Tensor> { nll(&model.forward_train(&inp, &lengths, None, DType::F32)?, &target) };
     time_steps(&params, steps, batch * seq, loss)

@@ -1,5 +1,6 @@
 //! Pretrained students and teachers from a GGUF file (what registry packages
-//! ship: SmolLM2, Qwen2.5), dequantised to f32 into the trainable [`Llama`].
+//! ship: SmolLM2, Qwen2.5), dequantised to f32 into the trainable [`Llama`],
+//! or for inference (the gguf teacher) with the projections kept quantized.
 //!
 //! A GGUF holds no `tokenizer.json`: the tokenizer is rebuilt from the file's
 //! own metadata (`tokenizer.ggml.tokens`, `merges`, `token_type`, `pre`) with

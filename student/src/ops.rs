@@ -216,7 +216,11 @@ impl CustomOp3 for RmsNormBwdX {
                 .zip(x.par_chunks(h).zip(g.par_chunks(h)))
                 .for_each(|(o, (x, g))| {
                     let r = inv_rms(x, eps);
-                    let dot = x.iter().zip(g).zip(w).fold(T::zero(), |a, ((&x, &g), &w)| a + g * w * x);
+                    let dot = x
+                        .iter()
+                        .zip(g)
+                        .zip(w)
+                        .fold(T::zero(), |a, ((&x, &g), &w)| a + g * w * x);
                     let c = r * r * r * dot / n;
                     for (((o, &x), &g), &w) in o.iter_mut().zip(x).zip(g).zip(w) {
                         *o = r * g * w - x * c;
@@ -307,22 +311,33 @@ impl CustomOp3 for Rope {
         let dims = l1.dims();
         let (heads, t, d) = (dims[1], dims[2], dims[3]);
         let back = self.backward;
-        fn run<T: Float + Send + Sync>(x: &[T], c: &[T], s: &[T], heads: usize, t: usize, d: usize, back: bool) -> Vec<T> {
+        fn run<T: Float + Send + Sync>(
+            x: &[T],
+            c: &[T],
+            s: &[T],
+            heads: usize,
+            t: usize,
+            d: usize,
+            back: bool,
+        ) -> Vec<T> {
             let half = d / 2;
             let mut out = vec![T::zero(); x.len()];
-            out.par_chunks_mut(d).zip(x.par_chunks(d)).enumerate().for_each(|(r, (o, x))| {
-                let at = (r / (heads * t) * t + r % t) * d;
-                let (c, s) = (&c[at..at + d], &s[at..at + d]);
-                for j in 0..half {
-                    if back {
-                        o[j] = x[j] * c[j] + x[j + half] * s[j + half];
-                        o[j + half] = x[j + half] * c[j + half] - x[j] * s[j];
-                    } else {
-                        o[j] = x[j] * c[j] - x[j + half] * s[j];
-                        o[j + half] = x[j + half] * c[j + half] + x[j] * s[j + half];
+            out.par_chunks_mut(d)
+                .zip(x.par_chunks(d))
+                .enumerate()
+                .for_each(|(r, (o, x))| {
+                    let at = (r / (heads * t) * t + r % t) * d;
+                    let (c, s) = (&c[at..at + d], &s[at..at + d]);
+                    for j in 0..half {
+                        if back {
+                            o[j] = x[j] * c[j] + x[j + half] * s[j + half];
+                            o[j + half] = x[j + half] * c[j + half] - x[j] * s[j];
+                        } else {
+                            o[j] = x[j] * c[j] - x[j + half] * s[j];
+                            o[j + half] = x[j + half] * c[j + half] + x[j] * s[j + half];
+                        }
                     }
-                }
-            });
+                });
             out
         }
         let out = float_op!(self.name(), s1, s2, s3 => |x, c, s| run(slice(x, l1)?, slice(c, l2)?, slice(s, l3)?, heads, t, d, back));
@@ -444,7 +459,9 @@ impl CustomOp2 for NllRows {
                 .zip(t.par_iter())
                 .map(|(x, &t)| match x.get(t as usize) {
                     Some(&xt) => Ok(logsumexp(x) - xt),
-                    None => Err(candle_core::Error::msg(format!("target {t} outside a vocabulary of {v}"))),
+                    None => Err(candle_core::Error::msg(format!(
+                        "target {t} outside a vocabulary of {v}"
+                    ))),
                 })
                 .collect()
         }

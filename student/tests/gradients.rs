@@ -92,9 +92,7 @@ fn fused_swiglu_and_nll_gradients_match_finite_differences() {
 /// The fused CPU ops compute what their composed definitions do.
 #[test]
 fn fused_ops_equal_their_composed_definitions() -> Result<()> {
-    let close = |a: &Tensor, b: &Tensor| -> Result<f64> {
-        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
-    };
+    let close = |a: &Tensor, b: &Tensor| -> Result<f64> { (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>() };
     let x = rand_tensor(&[2, 3, 8], 30);
     let w = rand_tensor(&[8], 31);
     let reference = x
@@ -118,7 +116,10 @@ fn fused_ops_equal_their_composed_definitions() -> Result<()> {
         .squeeze(1)?
         .neg()?;
     assert!(close(&nll_rows(&a, &targets)?, &reference)? < 1e-12);
-    assert!(nll_rows(&a, &Tensor::new(&[6u32, 0, 0, 0], &Device::Cpu)?).is_err(), "a target past the vocabulary");
+    assert!(
+        nll_rows(&a, &Tensor::new(&[6u32, 0, 0, 0], &Device::Cpu)?).is_err(),
+        "a target past the vocabulary"
+    );
     Ok(())
 }
 

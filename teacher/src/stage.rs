@@ -449,7 +449,9 @@ pub async fn teach(examples: &[Example], cfg: TeachConfig, paths: &TeachPaths) -
             shared.spent_micro_usd.load(Ordering::SeqCst) as f64 / 1e6
         ));
     }
-    driver.await.map_err(|e| TeacherError::Server(format!("request driver: {e}")))?;
+    driver
+        .await
+        .map_err(|e| TeacherError::Server(format!("request driver: {e}")))?;
     bar.finish_and_clear();
     shards.finish()?;
     summary.cost_usd = shared.spent_micro_usd.load(Ordering::SeqCst) as f64 / 1e6;
