@@ -10,7 +10,7 @@
 //! back in Hugging Face's half-split order here (`qwen2` files are not
 //! permuted).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -151,12 +151,20 @@ impl GgufFile {
         Ok(cfg)
     }
 
-    /// Every tensor dequantised to f32 under its HF name, q/k rows restored
-    /// to HF order for `llama` files.
-    pub fn params(&self, config: &Config, device: &Device) -> Result<ParamStore> {
+    /// Reads each tensor the model uses and hands it to `visit` with its
+    /// GGUF name, its HF name and, for the q/k projections of `llama` files,
+    /// the head count to unpermute its rows by. Shapes are checked against
+    /// `config`; a tensor the model lacks, or one it needs that the file
+    /// lacks, is an error.
+    fn for_each_tensor(
+        &self,
+        config: &Config,
+        device: &Device,
+        mut visit: impl FnMut(&str, String, QTensor, Option<usize>) -> Result<()>,
+    ) -> Result<()> {
         let mut r = reader(&self.path)?;
         let expected = config.parameter_shapes();
-        let mut tensors = BTreeMap::new();
+        let mut seen = BTreeSet::new();
         for gguf_name in self.content.tensor_infos.keys() {
             let Some(hf) = hf_name(gguf_name) else {
                 tracing::debug!(tensor = %gguf_name, "GGUF tensor not used by the model");
@@ -166,49 +174,6 @@ impl GgufFile {
                 .content
                 .tensor(&mut r, gguf_name, device)
                 .map_err(|e| self.err(format!("tensor {gguf_name}: {e}")))?;
-            let mut t = q
-                .dequantize(device)
-                .map_err(|e| self.err(format!("tensor {gguf_name}: {e}")))?;
-            if config.model_type == "llama" {
-                let hd = config.head_dim();
-                if hf.ends_with("q_proj.weight") {
-                    t = unpermute_rows(&t, config.num_attention_heads, hd)?;
-                } else if hf.ends_with("k_proj.weight") {
-                    t = unpermute_rows(&t, config.num_key_value_heads, hd)?;
-                }
-            }
-            match expected.get(&hf) {
-                Some(shape) if t.dims() == shape.as_slice() => {}
-                Some(shape) => {
-                    return Err(self.err(format!(
-                        "tensor {gguf_name} ({hf}): shape {:?}, the metadata implies {shape:?}",
-                        t.dims()
-                    )));
-                }
-                None => return Err(self.err(format!("tensor {gguf_name} ({hf}) is not part of the model"))),
-            }
-            tensors.insert(hf, t);
-        }
-        if let Some(missing) = expected.keys().find(|n| !tensors.contains_key(*n)) {
-            return Err(self.err(format!("no tensor for {missing}")));
-        }
-        Ok(ParamStore::from_tensors(tensors, device)?)
-    }
-
-    /// The weights for inference without dequantising the projections: the
-    /// block-quantized matrices stay as they are in the file and multiply
-    /// with candle's quantized kernels (a quarter to an eighth of f32's
-    /// memory traffic, which is what bounds decoding on a CPU). Norms, biases
-    /// and the embedding table are dequantised to f32; a tied output head
-    /// multiplies with the quantized embedding.
-    pub fn inference_weights(&self, config: &Config, device: &Device) -> Result<InferenceWeights> {
-        let mut r = reader(&self.path)?;
-        let expected = config.parameter_shapes();
-        let mut w = InferenceWeights::default();
-        for gguf_name in self.content.tensor_infos.keys() {
-            let Some(hf) = hf_name(gguf_name) else { continue };
-            let tensor_err = |e: candle_core::Error| self.err(format!("tensor {gguf_name}: {e}"));
-            let mut q = self.content.tensor(&mut r, gguf_name, device).map_err(tensor_err)?;
             match expected.get(&hf) {
                 Some(shape) if q.shape().dims() == shape.as_slice() => {}
                 Some(shape) => {
@@ -224,14 +189,49 @@ impl GgufFile {
                 "llama" if hf.ends_with("k_proj.weight") => Some(config.num_key_value_heads),
                 _ => None,
             };
-            let quantized = !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-            if !quantized {
+            seen.insert(hf.clone());
+            visit(gguf_name, hf, q, heads)?;
+        }
+        if let Some(missing) = expected.keys().find(|n| !seen.contains(*n)) {
+            return Err(self.err(format!("no tensor for {missing}")));
+        }
+        Ok(())
+    }
+
+    /// Every tensor dequantised to f32 under its HF name, q/k rows restored
+    /// to HF order for `llama` files.
+    pub fn params(&self, config: &Config, device: &Device) -> Result<ParamStore> {
+        let mut tensors = BTreeMap::new();
+        self.for_each_tensor(config, device, |gguf_name, hf, q, heads| {
+            let mut t = q
+                .dequantize(device)
+                .map_err(|e| self.err(format!("tensor {gguf_name}: {e}")))?;
+            if let Some(heads) = heads {
+                t = unpermute_rows(&t, heads, config.head_dim())?;
+            }
+            tensors.insert(hf, t);
+            Ok(())
+        })?;
+        Ok(ParamStore::from_tensors(tensors, device)?)
+    }
+
+    /// The weights for inference without dequantising the projections: the
+    /// block-quantized matrices stay as they are in the file and multiply
+    /// with candle's quantized kernels (a quarter to an eighth of f32's
+    /// memory traffic, which is what bounds decoding on a CPU). Norms, biases
+    /// and the embedding table are dequantised to f32; a tied output head
+    /// multiplies with the quantized embedding.
+    pub fn inference_weights(&self, config: &Config, device: &Device) -> Result<InferenceWeights> {
+        let mut w = InferenceWeights::default();
+        self.for_each_tensor(config, device, |gguf_name, hf, mut q, heads| {
+            let tensor_err = |e: candle_core::Error| self.err(format!("tensor {gguf_name}: {e}"));
+            if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
                 let mut t = q.dequantize(device).map_err(tensor_err)?;
                 if let Some(heads) = heads {
                     t = unpermute_rows(&t, heads, config.head_dim())?;
                 }
                 w.dense.insert(hf, t);
-                continue;
+                return Ok(());
             }
             if !has_simd_kernel(q.dtype()) {
                 // Dequantised and requantised at 8 bits: within 1/254 of a
@@ -245,7 +245,7 @@ impl GgufFile {
             }
             if hf.ends_with("proj.weight") || hf == "lm_head.weight" {
                 w.quantized.insert(hf, QMatMul::from_qtensor(q).map_err(tensor_err)?);
-                continue;
+                return Ok(());
             }
             // The embedding table: rows are gathered in f32; a tied head
             // multiplies with the quantized table.
@@ -254,13 +254,8 @@ impl GgufFile {
                 w.quantized
                     .insert("lm_head.weight".into(), QMatMul::from_qtensor(q).map_err(tensor_err)?);
             }
-        }
-        if let Some(missing) = expected
-            .keys()
-            .find(|n| !w.dense.contains_key(*n) && !w.quantized.contains_key(*n))
-        {
-            return Err(self.err(format!("no tensor for {missing}")));
-        }
+            Ok(())
+        })?;
         Ok(w)
     }
 

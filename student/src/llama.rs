@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::quantized::{GgmlDType, QMatMul};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{D, DType, Device, Module, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::params::{Dropout, ParamStore};
@@ -160,17 +160,22 @@ impl Config {
 /// `x @ w^T (+ b)` as one 2-D matmul over flattened batch and time (about 2×
 /// faster than the broadcast form on CPU).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let (last, rest) = dims.split_last().expect("linear input has a last dim");
-    let n: usize = rest.iter().product();
     let w = w.to_dtype(x.dtype())?;
-    let y = x.reshape((n, *last))?.matmul(&w.t()?)?;
+    over_rows(x, b, |rows| rows.matmul(&w.t()?))
+}
+
+/// `f` applied to `x` flattened to `(rows, last)`, `b` added to every row,
+/// and the leading dimensions restored.
+fn over_rows(x: &Tensor, b: Option<&Tensor>, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let (last, rest) = dims.split_last().expect("a projection's input has a last dim");
+    let y = f(&x.reshape((rest.iter().product::<usize>(), *last))?)?;
     let y = match b {
-        Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?)?,
+        Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
         None => y,
     };
     let mut out = rest.to_vec();
-    out.push(w.dim(0)?);
+    out.push(y.dim(1)?);
     y.reshape(out)
 }
 
@@ -287,23 +292,14 @@ impl Llama {
         let Some(q) = self.q.get(&weight) else {
             return linear(x, self.w(&weight), bias);
         };
-        let dims = x.dims().to_vec();
-        let (last, rest) = dims.split_last().expect("projection input has a last dim");
-        let rows: usize = rest.iter().product();
+        let rows = x.elem_count() / x.dim(D::Minus1)?.max(1);
         if rows >= DEQUANTIZE_ROWS
             && let QMatMul::QTensor(w) = q
             && w.dtype() == GgmlDType::Q8_0
         {
             return linear(x, &w.dequantize(x.device())?, bias);
         }
-        let y = q.forward(&x.reshape((rows, *last))?.contiguous()?)?;
-        let y = match bias {
-            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
-            None => y,
-        };
-        let mut out = rest.to_vec();
-        out.push(y.dim(1)?);
-        y.reshape(out)
+        over_rows(x, bias, |rows| q.forward(&rows.contiguous()?))
     }
 
     /// Logits for every position: `ids` `(b, t)` u32, `positions` `(b, t)` u32

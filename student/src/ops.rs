@@ -20,11 +20,16 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// The row length of a tensor seen as rows over its last dimension.
+fn last_dim(l: &Layout) -> usize {
+    l.dims().last().copied().unwrap_or(1).max(1)
+}
+
 fn rows<'a, T>(s: &'a [T], l: &Layout) -> Result<(&'a [T], usize)> {
     let (a, b) = l
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::msg("fused op: input must be contiguous"))?;
-    Ok((&s[a..b], l.dims().last().copied().unwrap_or(1).max(1)))
+    Ok((&s[a..b], last_dim(l)))
 }
 
 macro_rules! softmax_rows {
@@ -166,7 +171,7 @@ impl CustomOp2 for RmsNorm {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let h = l1.dims().last().copied().unwrap_or(1).max(1);
+        let h = last_dim(l1);
         fn run<T: Float + Send + Sync>(x: &[T], w: &[T], h: usize, eps: f64) -> Vec<T> {
             let mut out = vec![T::zero(); x.len()];
             out.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(o, x)| {
@@ -208,7 +213,7 @@ impl CustomOp3 for RmsNormBwdX {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let h = l1.dims().last().copied().unwrap_or(1).max(1);
+        let h = last_dim(l1);
         fn run<T: Float + Send + Sync>(x: &[T], w: &[T], g: &[T], h: usize, eps: f64) -> Vec<T> {
             let mut out = vec![T::zero(); x.len()];
             let n = T::from(h).unwrap();
@@ -244,7 +249,7 @@ impl CustomOp2 for RmsNormBwdW {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let h = l1.dims().last().copied().unwrap_or(1).max(1);
+        let h = last_dim(l1);
         fn run<T: Float + Send + Sync>(x: &[T], g: &[T], h: usize, eps: f64) -> Vec<T> {
             let partial: Vec<Vec<T>> = x
                 .par_chunks(h * REDUCE_ROWS)
@@ -449,7 +454,7 @@ impl CustomOp2 for NllRows {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let v = l1.dims().last().copied().unwrap_or(1).max(1);
+        let v = last_dim(l1);
         let CpuStorage::U32(t) = s2 else {
             candle_core::bail!("{}: targets must be u32", self.name())
         };
@@ -495,7 +500,7 @@ impl CustomOp3 for NllRowsBwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let v = l1.dims().last().copied().unwrap_or(1).max(1);
+        let v = last_dim(l1);
         let CpuStorage::U32(t) = s2 else {
             candle_core::bail!("{}: targets must be u32", self.name())
         };
