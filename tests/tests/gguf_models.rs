@@ -196,9 +196,12 @@ fn quantized_inference_matches_the_dequantised_model() {
     if let Some(p) = smollm2() {
         files.push(p);
     }
+    // Qwen comes with `scripts/setup-data.sh --models`, which CI does not run.
     let qwen = common::data_dir().join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-    if common::require(&qwen.display().to_string(), qwen.exists()) {
+    if qwen.exists() {
         files.push(qwen);
+    } else {
+        eprintln!("SKIPPED {}: run scripts/setup-data.sh --models", qwen.display());
     }
     let long = format!("{ENGLISH} {ENGLISH}");
     for path in files {
