@@ -6,10 +6,10 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use stepwise_datasets::Example;
 use stepwise_datasets::answer::{extract_answer, labels_match};
 use stepwise_datasets::arith::check_solution;
 use stepwise_datasets::shard::RationaleRow;
+use stepwise_datasets::{Example, LabelKind};
 
 use crate::stages::Prediction;
 
@@ -28,10 +28,12 @@ impl std::fmt::Display for Interval {
 }
 
 /// Percentile bootstrap of mean(a) - mean(b) (b empty: of mean(a)), with
-/// the same resampled examples for both (a paired comparison).
-pub fn bootstrap(a: &[bool], b: Option<&[bool]>, samples: usize, seed: u64) -> Interval {
+/// the same resampled examples for both (a paired comparison). Values are
+/// per-example scores: 0 or 1 for a model's answers, the probability of a
+/// right guess for the chance baseline.
+pub fn bootstrap(a: &[f64], b: Option<&[f64]>, samples: usize, seed: u64) -> Interval {
     let n = a.len();
-    let mean = |xs: &[bool]| xs.iter().filter(|&&x| x).count() as f64 / xs.len().max(1) as f64;
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
     let value = mean(a) - b.map(mean).unwrap_or(0.0);
     if n == 0 {
         return Interval {
@@ -43,12 +45,12 @@ pub fn bootstrap(a: &[bool], b: Option<&[bool]>, samples: usize, seed: u64) -> I
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut stats: Vec<f64> = (0..samples.max(1))
         .map(|_| {
-            let mut d = 0i64;
+            let mut d = 0.0;
             for _ in 0..n {
                 let i = rng.random_range(0..n);
-                d += a[i] as i64 - b.map(|b| b[i] as i64).unwrap_or(0);
+                d += a[i] - b.map(|b| b[i]).unwrap_or(0.0);
             }
-            d as f64 / n as f64
+            d / n as f64
         })
         .collect();
     stats.sort_by(|x, y| x.total_cmp(y));
@@ -132,7 +134,7 @@ pub struct Verdict {
     /// The student judged, and the held-out split it was judged on.
     pub student: String,
     pub split: String,
-    /// The stronger of the untrained student and the majority answer.
+    /// The strongest of the untrained student, the majority answer and chance.
     pub floor: String,
     pub gain_over_floor: Interval,
     pub gain_over_base: Interval,
@@ -164,15 +166,33 @@ pub struct Gain {
     pub diff: Interval,
 }
 
-/// Correctness of `model` on `split`, ordered by example id.
-fn correctness(preds: &[Prediction], model: &str, split: &str) -> Vec<(String, bool)> {
-    let mut v: Vec<(String, bool)> = preds
-        .iter()
-        .filter(|p| p.model == model && p.split == split)
-        .map(|p| (p.example_id.clone(), p.correct))
-        .collect();
-    v.sort();
-    v
+/// Per-example scores of each (model, split), ordered by example id: 1 or 0
+/// for a model's answers, the probability of a right guess for `chance`.
+type ScoreTable = BTreeMap<(String, String), Vec<(String, f64)>>;
+
+fn score_table(preds: &[Prediction], chance: &[ChanceScore]) -> ScoreTable {
+    let mut t = ScoreTable::new();
+    for p in preds {
+        let v = if p.correct { 1.0 } else { 0.0 };
+        t.entry((p.model.clone(), p.split.clone()))
+            .or_default()
+            .push((p.example_id.clone(), v));
+    }
+    for c in chance {
+        t.entry(("chance".into(), c.split.clone()))
+            .or_default()
+            .push((c.example_id.clone(), c.p));
+    }
+    for v in t.values_mut() {
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    t
+}
+
+fn scores_of<'a>(t: &'a ScoreTable, model: &str, split: &str) -> &'a [(String, f64)] {
+    t.get(&(model.to_string(), split.to_string()))
+        .map(|v| v.as_slice())
+        .unwrap_or(&[])
 }
 
 fn words(s: &str) -> Vec<String> {
@@ -328,40 +348,95 @@ pub fn contamination(train: &[Example], trained_rows: &[RationaleRow], tests: &[
     }
 }
 
-/// Predictions of the majority-answer baseline: the most common training label, always.
+/// Predictions of the majority-answer baseline: the most common training label
+/// of the example's task, always (of all training labels when its task has none
+/// in training, as a held-out probe does).
 pub fn majority_predictions(train: &[Example], tests: &[Example]) -> Vec<Prediction> {
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut counts: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
     for e in train {
-        *counts.entry(e.label.as_str()).or_default() += 1;
+        for task in [e.task.as_str(), ""] {
+            *counts.entry(task).or_default().entry(e.label.as_str()).or_default() += 1;
+        }
     }
-    let top = counts
-        .iter()
-        .max_by_key(|(l, c)| (**c, std::cmp::Reverse(**l)))
-        .map(|(l, _)| l.to_string())
-        .unwrap_or_default();
+    let top = |task: &str| {
+        counts
+            .get(task)
+            .or_else(|| counts.get(""))
+            .and_then(|c| c.iter().max_by_key(|(l, c)| (**c, std::cmp::Reverse(**l))))
+            .map(|(l, _)| l.to_string())
+            .unwrap_or_default()
+    };
     tests
         .iter()
-        .map(|e| Prediction {
-            model: "majority".into(),
-            split: crate::stages::split_name(e),
-            example_id: e.id.clone(),
-            input: e.input.clone(),
-            gold: e.label.clone(),
-            prediction: top.clone(),
-            correct: labels_match(e.label_kind, &top, &e.label, e.choices.as_deref()),
-            rationale: None,
+        .map(|e| {
+            let top = top(&e.task);
+            Prediction {
+                model: "majority".into(),
+                split: crate::stages::split_name(e),
+                example_id: e.id.clone(),
+                input: e.input.clone(),
+                gold: e.label.clone(),
+                correct: labels_match(e.label_kind, &top, &e.label, e.choices.as_deref()),
+                prediction: top,
+                rationale: None,
+            }
         })
         .collect()
 }
 
-fn paired(preds: &[Prediction], a: &str, b: &str, split: &str, samples: usize, seed: u64) -> Option<Interval> {
-    let ca = correctness(preds, a, split);
-    let cb = correctness(preds, b, split);
-    if ca.is_empty() || ca.len() != cb.len() || ca.iter().zip(&cb).any(|(x, y)| x.0 != y.0) {
+/// One test example's chance of being answered right by a uniform guess.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChanceScore {
+    pub split: String,
+    pub example_id: String,
+    pub p: f64,
+}
+
+/// The chance baseline: 1/(number of choices) for multiple choice, 1/(number of
+/// classes the task uses, at least 2) for class labels; splits whose answers are
+/// numbers or free text (nothing to guess among) get none. It is the floor for
+/// a probe whose answers look nothing like the training labels (MMLU letters
+/// after yes/no training), where the majority answer scores 0 and would make a
+/// student that guesses letters look knowledgeable.
+pub fn chance_scores(train: &[Example], tests: &[Example]) -> Vec<ChanceScore> {
+    let mut classes: HashMap<&str, HashSet<String>> = HashMap::new();
+    for e in train.iter().chain(tests).filter(|e| e.label_kind == LabelKind::Class) {
+        classes
+            .entry(e.task.as_str())
+            .or_default()
+            .insert(e.label.trim().to_lowercase());
+    }
+    let mut out: Vec<ChanceScore> = tests
+        .iter()
+        .map(|e| {
+            let p = match e.label_kind {
+                LabelKind::Choice => e
+                    .choices
+                    .as_ref()
+                    .filter(|c| !c.is_empty())
+                    .map_or(0.0, |c| 1.0 / c.len() as f64),
+                LabelKind::Class => 1.0 / classes.get(e.task.as_str()).map_or(2, |c| c.len().max(2)) as f64,
+                LabelKind::Number | LabelKind::Text => 0.0,
+            };
+            ChanceScore {
+                split: crate::stages::split_name(e),
+                example_id: e.id.clone(),
+                p,
+            }
+        })
+        .collect();
+    let guessable: HashSet<String> = out.iter().filter(|c| c.p > 0.0).map(|c| c.split.clone()).collect();
+    out.retain(|c| guessable.contains(&c.split));
+    out
+}
+
+fn paired(t: &ScoreTable, a: &str, b: &str, split: &str, samples: usize, seed: u64) -> Option<Interval> {
+    let (ca, cb) = (scores_of(t, a, split), scores_of(t, b, split));
+    if ca.is_empty() || ca.len() != cb.len() || ca.iter().zip(cb).any(|(x, y)| x.0 != y.0) {
         return None;
     }
-    let va: Vec<bool> = ca.iter().map(|x| x.1).collect();
-    let vb: Vec<bool> = cb.iter().map(|x| x.1).collect();
+    let va: Vec<f64> = ca.iter().map(|x| x.1).collect();
+    let vb: Vec<f64> = cb.iter().map(|x| x.1).collect();
     Some(bootstrap(&va, Some(&vb), samples, seed))
 }
 
@@ -379,6 +454,7 @@ pub fn compute(
 ) -> Metrics {
     let mut preds = preds_in.to_vec();
     preds.extend(majority_predictions(train, tests));
+    let table = score_table(&preds, &chance_scores(train, tests));
     let mut splits: Vec<String> = preds
         .iter()
         .map(|p| p.split.clone())
@@ -386,12 +462,12 @@ pub fn compute(
         .into_iter()
         .collect();
     splits.sort();
-    let mut models: Vec<String> = vec!["teacher".into(), "majority".into(), "base".into()];
+    let mut models: Vec<String> = vec!["teacher".into(), "majority".into(), "chance".into(), "base".into()];
     models.extend(students.iter().cloned());
     let mut scores = Vec::new();
     for split in &splits {
         for m in &models {
-            let c: Vec<bool> = correctness(&preds, m, split).into_iter().map(|x| x.1).collect();
+            let c: Vec<f64> = scores_of(&table, m, split).iter().map(|x| x.1).collect();
             if !c.is_empty() {
                 scores.push(Score {
                     model: m.clone(),
@@ -405,8 +481,8 @@ pub fn compute(
     let mut gains = Vec::new();
     for split in &splits {
         for s in students {
-            for over in ["base", "majority"] {
-                if let Some(d) = paired(&preds, s, over, split, samples, seed) {
+            for over in ["base", "majority", "chance"] {
+                if let Some(d) = paired(&table, s, over, split, samples, seed) {
                     gains.push(Gain {
                         split: split.clone(),
                         model: s.clone(),
@@ -417,7 +493,7 @@ pub fn compute(
             }
         }
         for (a, b) in [("distill", "label-gold"), ("distill", "label-teacher")] {
-            if let Some(d) = paired(&preds, a, b, split, samples, seed) {
+            if let Some(d) = paired(&table, a, b, split, samples, seed) {
                 gains.push(Gain {
                     split: split.clone(),
                     model: a.into(),
@@ -430,7 +506,7 @@ pub fn compute(
     let test_map: HashMap<String, &Example> = tests.iter().map(|e| (e.id.clone(), e)).collect();
     let mut style_m = BTreeMap::new();
     let mut faith = BTreeMap::new();
-    for m in models.iter().filter(|m| m.as_str() != "majority") {
+    for m in models.iter().filter(|m| !matches!(m.as_str(), "majority" | "chance")) {
         if let Some(s) = style(&preds, m).filter(|_| m != "teacher") {
             style_m.insert(m.clone(), s);
         }
@@ -438,7 +514,7 @@ pub fn compute(
             faith.insert(m.clone(), f);
         }
     }
-    let verdict_on = |split: &str| verdict(&preds, &scores, &style_m, judged, split, samples, seed);
+    let verdict_on = |split: &str| verdict(&table, &scores, &style_m, judged, split, samples, seed);
     let main_split = if splits.iter().any(|s| s == "test") {
         "test"
     } else {
@@ -456,7 +532,7 @@ pub fn compute(
 }
 
 fn verdict(
-    preds: &[Prediction],
+    table: &ScoreTable,
     scores: &[Score],
     style: &BTreeMap<String, Style>,
     student: &str,
@@ -470,18 +546,18 @@ fn verdict(
             .find(|s| s.model == m && s.split == split)
             .map(|s| s.accuracy.value)
     };
-    let floor = if acc("majority").unwrap_or(0.0) > acc("base").unwrap_or(0.0) {
-        "majority"
-    } else {
-        "base"
-    };
+    // The strongest baseline that knows nothing of the task: on ties the earlier one.
+    let floor = ["base", "majority", "chance"]
+        .into_iter()
+        .filter(|m| acc(m).is_some())
+        .fold("base", |best, m| if acc(m) > acc(best) { m } else { best });
     let zero = Interval {
         value: 0.0,
         lo: 0.0,
         hi: 0.0,
     };
-    let gain_floor = paired(preds, student, floor, split, samples, seed).unwrap_or(zero);
-    let gain_base = paired(preds, student, "base", split, samples, seed).unwrap_or(zero);
+    let gain_floor = paired(table, student, floor, split, samples, seed).unwrap_or(zero);
+    let gain_base = paired(table, student, "base", split, samples, seed).unwrap_or(zero);
     let gap_closed = match (acc(student), acc("base"), acc("teacher")) {
         (Some(s), Some(b), Some(t)) if (t - b).abs() > 1e-9 => Some((s - b) / (t - b)),
         _ => None,
@@ -490,7 +566,7 @@ fn verdict(
     let style_converged = st.is_some_and(Style::converged);
     let rationale_benefit = if student.starts_with("distill") {
         paired(
-            preds,
+            table,
             student,
             &student.replacen("distill", "label-gold", 1),
             split,
@@ -553,10 +629,10 @@ mod tests {
 
     #[test]
     fn bootstrap_interval_covers_the_mean_and_narrows_with_n() {
-        let a: Vec<bool> = (0..100).map(|i| i % 4 == 0).collect();
+        let a: Vec<f64> = (0..100).map(|i| (i % 4 == 0) as u8 as f64).collect();
         let i = bootstrap(&a, None, 1000, 1);
         assert!((i.value - 0.25).abs() < 1e-12 && i.lo < 0.25 && i.hi > 0.25, "{i}");
-        let big: Vec<bool> = (0..10_000).map(|i| i % 4 == 0).collect();
+        let big: Vec<f64> = (0..10_000).map(|i| (i % 4 == 0) as u8 as f64).collect();
         let j = bootstrap(&big, None, 300, 1);
         assert!(j.hi - j.lo < (i.hi - i.lo) / 5.0, "{i} vs {j}");
         let same = bootstrap(&a, Some(&a), 200, 1);
@@ -569,5 +645,109 @@ mod tests {
         assert_eq!(unigram_f1("x y", "a b"), 0.0);
         assert!((pearson(&[1., 2., 3.], &[2., 4., 6.]) - 1.0).abs() < 1e-12);
         assert!((pearson(&[1., 2., 3.], &[3., 2., 1.]) + 1.0).abs() < 1e-12);
+    }
+
+    use stepwise_datasets::Split;
+
+    fn yes_no(i: usize, split: Split) -> Example {
+        let label = if i % 3 == 0 { "no" } else { "yes" };
+        Example::new(
+            "strategyqa",
+            "sqa",
+            format!("q{i}?"),
+            None,
+            label.into(),
+            LabelKind::Class,
+        )
+        .with_split(split)
+    }
+
+    fn lettered(i: usize) -> Example {
+        let choices = ["w", "x", "y", "z"].map(|c| format!("{c}{i}")).to_vec();
+        let label = ["A", "B", "C", "D"][i % 4].to_string();
+        Example::new(
+            "mmlu",
+            "mmlu",
+            format!("m{i}?"),
+            Some(choices),
+            label,
+            LabelKind::Choice,
+        )
+        .with_split(Split::TestOod)
+    }
+
+    fn answers(model: &str, tests: &[Example], right: impl Fn(usize) -> bool) -> Vec<Prediction> {
+        tests
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Prediction {
+                model: model.into(),
+                split: crate::stages::split_name(e),
+                example_id: e.id.clone(),
+                input: e.input.clone(),
+                gold: e.label.clone(),
+                prediction: if right(i) { e.label.clone() } else { "?".into() },
+                correct: right(i),
+                rationale: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chance_is_one_over_the_choices_or_classes_and_absent_for_numbers() {
+        let train: Vec<Example> = (0..30).map(|i| yes_no(i, Split::Train)).collect();
+        let mut tests: Vec<Example> = (0..8).map(lettered).collect();
+        tests.push(yes_no(100, Split::Test));
+        tests.push(
+            Example::new("arith", "arith", "1+1".into(), None, "2".into(), LabelKind::Number).with_split(Split::Val),
+        );
+        let c = chance_scores(&train, &tests);
+        assert_eq!(c.len(), 9, "the numeric-only split has nothing to guess: {c:?}");
+        assert!(c.iter().filter(|c| c.split == "test_ood").all(|c| c.p == 0.25));
+        assert_eq!(c.iter().find(|c| c.split == "test").unwrap().p, 0.5);
+        // The majority answer is per task; a probe task absent from training gets
+        // the overall one, which never matches a letter.
+        let m = majority_predictions(&train, &tests);
+        assert!(m.iter().all(|p| p.prediction == "yes"));
+        assert!(m.iter().filter(|p| p.split == "test_ood").all(|p| !p.correct));
+    }
+
+    /// The False Promise setting: yes/no training, a lettered probe. A student
+    /// that answers 10% of four-way questions right knows less than a guesser, so
+    /// the floor is chance, not the majority answer (0 on letters).
+    #[test]
+    fn a_probe_with_other_labels_is_judged_against_chance() {
+        let train: Vec<Example> = (0..60).map(|i| yes_no(i, Split::Train)).collect();
+        let mut tests: Vec<Example> = (0..40).map(|i| yes_no(1000 + i, Split::Test)).collect();
+        tests.extend((0..200).map(lettered));
+        let judge = |right_ood: fn(usize) -> bool| {
+            let mut preds = answers("base", &tests, |_| false);
+            preds.extend(answers("distill", &tests, |i| {
+                if i < 40 { i % 3 != 0 } else { right_ood(i) }
+            }));
+            compute(&preds, &train, &[], &tests, &["distill".into()], "distill", 500, 7)
+        };
+        let weak = judge(|i| i % 10 == 0);
+        let v = weak.verdict_ood.as_ref().unwrap();
+        assert_eq!(v.floor, "chance");
+        assert!((v.gain_over_floor.value - (0.1 - 0.25)).abs() < 1e-9, "{v:?}");
+        assert_ne!(v.kind, VerdictKind::KnowledgeTransfer, "{v:?}");
+        let chance = weak
+            .scores
+            .iter()
+            .find(|s| s.model == "chance" && s.split == "test_ood")
+            .unwrap();
+        assert!((chance.accuracy.value - 0.25).abs() < 1e-12 && chance.accuracy.lo == 0.25);
+        let strong = judge(|i| i % 10 < 6);
+        let v = strong.verdict_ood.as_ref().unwrap();
+        assert_eq!(
+            (v.floor.as_str(), v.kind),
+            ("chance", VerdictKind::KnowledgeTransfer),
+            "{v:?}"
+        );
+        assert!(v.gain_over_floor.lo > 0.2, "{v:?}");
+        // In distribution the majority answer ("yes", 2/3 of the labels) beats
+        // chance (1/2) and is the floor; distill answers exactly the yeses.
+        assert_eq!(strong.verdict.floor, "majority");
     }
 }

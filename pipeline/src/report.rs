@@ -256,8 +256,10 @@ pub fn build(inp: &ReportInput) -> Result<Vec<Block>> {
     b.push(Block::Heading(2, "Accuracy".into()));
     b.push(Block::Para(
         "Task-aware matching (numbers with tolerance, choice letters, class names); 95% percentile bootstrap intervals. \
-         `majority` always answers the most common training label: the floor any student reaches by learning the answer \
-         distribution alone."
+         `majority` always answers the most common training label of the example's task: the floor any student reaches \
+         by learning the answer distribution alone. `chance` is a uniform guess (1/choices, 1/classes), the floor on a \
+         probe whose answers look nothing like the training labels. The verdict's floor is the strongest of these and \
+         the untrained student."
             .into(),
     ));
     b.push(Block::Table(
