@@ -27,6 +27,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 V=.venv/bin
+# pip's downloads and unpacking go to the project's disk, not a /tmp that may be a small tmpfs.
+export TMPDIR="$PWD/data/tmp"
+mkdir -p "$TMPDIR"
+trap 'rm -rf "$TMPDIR"' EXIT
 "$V/pip" install -q --disable-pip-version-check pyarrow pandas duckdb openai httpx reasoning-gym==0.1.25 safetensors numpy wheel setuptools
 
 mkdir -p data/pkgs
@@ -40,13 +44,14 @@ if [ "$full" = 1 ]; then
     # The sdist is 358 MB and `pip download` unpacks it to build metadata (about 1 GB of
     # temporary disk). Only two task files are needed, so stream the tarball from PyPI,
     # check its sha256 and keep just those members: no disk beyond the 5 MB kept.
-    "$V/python" - data/pkgs/bigbench bigbench 1.0.0 \
+    index=${PIP_INDEX_URL:-$("$V/pip" config get global.index-url 2>/dev/null || echo https://pypi.org/simple)}
+    "$V/python" - "$index" data/pkgs/bigbench bigbench 1.0.0 \
       bigbench-1.0.0/bigbench/benchmark_tasks/strategyqa/task.json \
       bigbench-1.0.0/bigbench/benchmark_tasks/qa_wikidata/task.json <<'PY'
 import hashlib, os, re, sys, tarfile, time, urllib.request
-out, name, version, wanted = sys.argv[1], sys.argv[2], sys.argv[3], set(sys.argv[4:])
+index, out, name, version, wanted = *sys.argv[1:5], set(sys.argv[5:])
 # The simple index (PEP 503) pip itself reads: each link carries its sha256.
-index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+index = index.rstrip("/")
 page = urllib.request.urlopen(f"{index}/{name}/", timeout=60).read().decode()
 filename = f"{name}-{version}.tar.gz"
 links = re.findall(r'href="([^"#]*/' + re.escape(filename) + r')#sha256=([0-9a-f]{64})"', page)
