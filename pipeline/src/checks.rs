@@ -492,14 +492,17 @@ pub fn compute(
                 }
             }
         }
-        for (a, b) in [("distill", "label-gold"), ("distill", "label-teacher")] {
-            if let Some(d) = paired(&table, a, b, split, samples, seed) {
-                gains.push(Gain {
-                    split: split.clone(),
-                    model: a.into(),
-                    over: b.into(),
-                    diff: d,
-                });
+        // Distilled against label-only at equal data: at each swept fraction too.
+        for a in students.iter().filter(|s| s.starts_with("distill")) {
+            for b in ["label-gold", "label-teacher"].map(|b| a.replacen("distill", b, 1)) {
+                if let Some(d) = paired(&table, a, &b, split, samples, seed) {
+                    gains.push(Gain {
+                        split: split.clone(),
+                        model: a.clone(),
+                        over: b,
+                        diff: d,
+                    });
+                }
             }
         }
     }
@@ -749,5 +752,28 @@ mod tests {
         // In distribution the majority answer ("yes", 2/3 of the labels) beats
         // chance (1/2) and is the floor; distill answers exactly the yeses.
         assert_eq!(strong.verdict.floor, "majority");
+    }
+
+    #[test]
+    fn distilled_and_label_only_are_paired_at_every_fraction() {
+        let train: Vec<Example> = (0..20).map(|i| yes_no(i, Split::Train)).collect();
+        let tests: Vec<Example> = (0..20).map(|i| yes_no(100 + i, Split::Test)).collect();
+        let students: Vec<String> = ["distill-f500", "label-gold-f500", "distill", "label-gold"]
+            .map(String::from)
+            .into();
+        let mut preds = answers("base", &tests, |_| false);
+        for (s, k) in students.iter().zip([10, 5, 20, 15]) {
+            preds.extend(answers(s, &tests, |i| i < k));
+        }
+        let m = compute(&preds, &train, &[], &tests, &students, "distill", 200, 1);
+        let gain = |a: &str, b: &str| {
+            m.gains
+                .iter()
+                .find(|g| g.model == a && g.over == b)
+                .map(|g| g.diff.value)
+        };
+        assert_eq!(gain("distill-f500", "label-gold-f500"), Some(0.25));
+        assert_eq!(gain("distill", "label-gold"), Some(0.25));
+        assert_eq!(gain("distill-f500", "label-gold"), None, "only equal data is paired");
     }
 }
