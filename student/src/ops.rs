@@ -13,11 +13,10 @@ use rayon::prelude::*;
 
 /// Softmax over the last dimension, with a gradient.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
-        x.contiguous()?.apply_op1(SoftmaxLast)
-    } else {
-        candle_nn::ops::softmax(x, D::Minus1)
+    if fused(&[x]) {
+        return x.contiguous()?.apply_op1(SoftmaxLast);
     }
+    candle_nn::ops::softmax(x, D::Minus1)
 }
 
 /// The row length of a tensor seen as rows over its last dimension.
@@ -25,99 +24,12 @@ fn last_dim(l: &Layout) -> usize {
     l.dims().last().copied().unwrap_or(1).max(1)
 }
 
-fn rows<'a, T>(s: &'a [T], l: &Layout) -> Result<(&'a [T], usize)> {
+/// The contiguous slice of a CPU tensor's storage.
+fn slice<'a, T>(s: &'a [T], l: &Layout) -> Result<&'a [T]> {
     let (a, b) = l
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::msg("fused op: input must be contiguous"))?;
-    Ok((&s[a..b], last_dim(l)))
-}
-
-macro_rules! softmax_rows {
-    ($x:expr, $dim:expr, $t:ty) => {{
-        let mut out = vec![0 as $t; $x.len()];
-        out.par_chunks_mut($dim).zip($x.par_chunks($dim)).for_each(|(o, x)| {
-            let max = x.iter().copied().fold(<$t>::NEG_INFINITY, <$t>::max);
-            let mut sum = 0 as $t;
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = (v - max).exp();
-                sum += *o;
-            }
-            let inv = 1 as $t / sum;
-            o.iter_mut().for_each(|v| *v *= inv);
-        });
-        out
-    }};
-}
-
-struct SoftmaxLast;
-
-impl CustomOp1 for SoftmaxLast {
-    fn name(&self) -> &'static str {
-        "stepwise-softmax-last"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = match s {
-            CpuStorage::F32(v) => {
-                let (x, d) = rows(v, l)?;
-                CpuStorage::F32(softmax_rows!(x, d, f32))
-            }
-            CpuStorage::F64(v) => {
-                let (x, d) = rows(v, l)?;
-                CpuStorage::F64(softmax_rows!(x, d, f64))
-            }
-            _ => candle_core::bail!("stepwise-softmax-last: f32 or f64 only"),
-        };
-        Ok((out, l.shape().clone()))
-    }
-
-    /// dx = y ⊙ (g − Σ g⊙y), per row.
-    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(y.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxBwd)?))
-    }
-}
-
-macro_rules! softmax_bwd_rows {
-    ($y:expr, $g:expr, $dim:expr, $t:ty) => {{
-        let mut out = vec![0 as $t; $y.len()];
-        out.par_chunks_mut($dim)
-            .zip($y.par_chunks($dim).zip($g.par_chunks($dim)))
-            .for_each(|(o, (y, g))| {
-                let dot: $t = y.iter().zip(g).map(|(a, b)| a * b).sum();
-                for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
-                    *o = y * (g - dot);
-                }
-            });
-        out
-    }};
-}
-
-struct SoftmaxBwd;
-
-impl CustomOp2 for SoftmaxBwd {
-    fn name(&self) -> &'static str {
-        "stepwise-softmax-bwd"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = match (s1, s2) {
-            (CpuStorage::F32(y), CpuStorage::F32(g)) => {
-                let ((y, d), (g, _)) = (rows(y, l1)?, rows(g, l2)?);
-                CpuStorage::F32(softmax_bwd_rows!(y, g, d, f32))
-            }
-            (CpuStorage::F64(y), CpuStorage::F64(g)) => {
-                let ((y, d), (g, _)) = (rows(y, l1)?, rows(g, l2)?);
-                CpuStorage::F64(softmax_bwd_rows!(y, g, d, f64))
-            }
-            _ => candle_core::bail!("stepwise-softmax-bwd: f32 or f64 only"),
-        };
-        Ok((out, l1.shape().clone()))
-    }
-}
-
-/// The contiguous slice of a CPU tensor's storage.
-fn slice<'a, T>(s: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    Ok(rows(s, l)?.0)
+    Ok(&s[a..b])
 }
 
 /// Dispatches a float computation over f32/f64 storages; other dtypes fail.
@@ -136,6 +48,65 @@ fn fused(ts: &[&Tensor]) -> bool {
     ts.iter()
         .all(|t| t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64))
         && ts.windows(2).all(|w| w[0].dtype() == w[1].dtype())
+}
+
+struct SoftmaxLast;
+
+impl CustomOp1 for SoftmaxLast {
+    fn name(&self) -> &'static str {
+        "stepwise-softmax-last"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = last_dim(l);
+        fn run<T: Float + Send + Sync>(x: &[T], d: usize) -> Vec<T> {
+            let mut out = vec![T::zero(); x.len()];
+            out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, x)| {
+                let max = x.iter().copied().fold(T::neg_infinity(), T::max);
+                let mut sum = T::zero();
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = (v - max).exp();
+                    sum = sum + *o;
+                }
+                let inv = T::one() / sum;
+                o.iter_mut().for_each(|v| *v = *v * inv);
+            });
+            out
+        }
+        let out = float_op!(self.name(), s => |x| run(slice(x, l)?, d));
+        Ok((out, l.shape().clone()))
+    }
+
+    /// dx = y ⊙ (g − Σ g⊙y), per row.
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(y.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxBwd)?))
+    }
+}
+
+struct SoftmaxBwd;
+
+impl CustomOp2 for SoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "stepwise-softmax-bwd"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = last_dim(l1);
+        fn run<T: Float + Send + Sync>(y: &[T], g: &[T], d: usize) -> Vec<T> {
+            let mut out = vec![T::zero(); y.len()];
+            out.par_chunks_mut(d)
+                .zip(y.par_chunks(d).zip(g.par_chunks(d)))
+                .for_each(|(o, (y, g))| {
+                    let dot = y.iter().zip(g).fold(T::zero(), |a, (&y, &g)| a + y * g);
+                    for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+                        *o = y * (g - dot);
+                    }
+                });
+            out
+        }
+        let out = float_op!(self.name(), s1, s2 => |y, g| run(slice(y, l1)?, slice(g, l2)?, d));
+        Ok((out, l1.shape().clone()))
+    }
 }
 
 /// Rows per partial sum in reductions over rows: fixed, so the summation
@@ -470,11 +441,7 @@ impl CustomOp2 for NllRows {
                 })
                 .collect()
         }
-        let out = match s1 {
-            CpuStorage::F32(x) => CpuStorage::F32(run(slice(x, l1)?, t, v)?),
-            CpuStorage::F64(x) => CpuStorage::F64(run(slice(x, l1)?, t, v)?),
-            _ => candle_core::bail!("{}: f32 or f64 only", self.name()),
-        };
+        let out = float_op!(self.name(), s1 => |x| run(slice(x, l1)?, t, v)?);
         Ok((out, Shape::from(t.len())))
     }
 
