@@ -64,14 +64,12 @@ pub fn write_examples(path: &Path, examples: &[Example]) -> Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     }
-    let tmp = path.with_extension("parquet.tmp");
-    let file = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-    let mut w = ArrowWriter::try_new(file, schema(), Some(crate::shard::writer_properties_plain()))
-        .map_err(|e| DataError::parquet(&tmp, e))?;
-    w.write(&batch).map_err(|e| DataError::parquet(&tmp, e))?;
-    let file = w.into_inner().map_err(|e| DataError::parquet(&tmp, e))?;
-    file.sync_all().map_err(|e| DataError::io(&tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    crate::atomic::write_file_with(path, |file| {
+        let mut w = ArrowWriter::try_new(file, schema(), Some(crate::shard::writer_properties_plain()))
+            .map_err(std::io::Error::other)?;
+        w.write(&batch).map_err(std::io::Error::other)?;
+        w.into_inner().map_err(std::io::Error::other)
+    })
 }
 
 /// Reads examples written by [`write_examples`].

@@ -11,11 +11,15 @@
 pub mod adapters;
 pub mod answer;
 pub mod arith;
+pub mod atomic;
+pub mod digest;
 pub mod error;
 pub mod example;
 pub mod examples_file;
 pub mod shard;
+pub mod source;
 pub mod split;
+pub mod table;
 
 pub use error::{DataError, Result};
 pub use example::{Example, LabelKind, Split};

@@ -19,7 +19,6 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
@@ -35,7 +34,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// Footer key holding [`SCHEMA_VERSION`].
 pub const SCHEMA_VERSION_KEY: &str = "stepwise.schema_version";
 /// Footer key marking the file as a rationale shard.
-pub const KIND_KEY: &str = "stepwise.kind";
+pub use crate::table::KIND_KEY;
 pub const KIND: &str = "rationale_shard";
 pub const MANIFEST_FILE: &str = "_manifest.json";
 pub const JOURNAL_FILE: &str = "_pending.jsonl";
@@ -273,11 +272,7 @@ pub fn writer_properties_plain() -> WriterProperties {
     base_properties().build()
 }
 
-fn base_properties() -> parquet::file::properties::WriterPropertiesBuilder {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_created_by(format!("stepwise {}", env!("CARGO_PKG_VERSION")))
-}
+use crate::table::base_properties;
 
 /// Shard writer settings: as [`writer_properties_plain`], plus the schema version in the footer.
 pub fn writer_properties() -> WriterProperties {
@@ -295,42 +290,18 @@ const BATCH_ROWS: usize = 65_536;
 /// Writes `rows` as one shard at `path`, atomically: a temporary file in the
 /// same directory, flushed and fsynced, then renamed over `path`.
 pub fn write_shard(path: &Path, rows: &[RationaleRow]) -> Result<ShardInfo> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| DataError::Invalid(format!("{}: not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let result = (|| {
-        let file = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-        let mut w =
-            ArrowWriter::try_new(file, schema(), Some(writer_properties())).map_err(|e| DataError::parquet(&tmp, e))?;
+    crate::atomic::write_file_with(path, |file| {
+        let mut w = ArrowWriter::try_new(file, schema(), Some(writer_properties())).map_err(std::io::Error::other)?;
         for chunk in rows.chunks(BATCH_ROWS) {
-            w.write(&rows_to_batch(chunk))
-                .map_err(|e| DataError::parquet(&tmp, e))?;
+            w.write(&rows_to_batch(chunk)).map_err(std::io::Error::other)?;
         }
-        let file = w.into_inner().map_err(|e| DataError::parquet(&tmp, e))?;
-        file.sync_all().map_err(|e| DataError::io(&tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))?;
-        sync_dir(dir)?;
-        shard_info(path, rows.len())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+        w.into_inner().map_err(std::io::Error::other)
+    })?;
+    shard_info(path, rows.len())
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    // Makes the rename itself durable; directories can be opened for fsync on Unix.
-    #[cfg(unix)]
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| DataError::io(dir, e))?;
-    Ok(())
+    crate::atomic::sync_dir(dir)
 }
 
 fn sha256_file(path: &Path) -> Result<(String, u64)> {
@@ -510,14 +481,8 @@ impl Manifest {
     /// Writes the manifest atomically (temporary file, fsync, rename).
     pub fn store(&self, dir: &Path) -> Result<()> {
         let path = dir.join(MANIFEST_FILE);
-        let tmp = dir.join(format!(".{MANIFEST_FILE}.tmp"));
         let text = serde_json::to_string_pretty(self).expect("manifest serialises");
-        let mut f = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-        f.write_all(text.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| DataError::io(&tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| DataError::io(&path, e))?;
-        sync_dir(dir)
+        crate::atomic::write_bytes(&path, text.as_bytes())
     }
 }
 

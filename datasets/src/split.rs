@@ -8,7 +8,7 @@
 use crate::example::{Example, Split};
 use sha2::{Digest, Sha256};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct SplitSpec {
     pub seed: u64,
     pub val_fraction: f64,

@@ -2,9 +2,12 @@
 //! defaults, so an empty file (or no file) is the embedded default: the
 //! built-in arithmetic task, the local solver teacher, a small from-scratch
 //! student.
+//!
+//! This is the file format as users write it; every kind is an enum, so a
+//! wrong value is rejected with the allowed ones. [`crate::plan::Plan`]
+//! turns it, once, into the libraries' typed configs.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use stepwise_student::TrainConfig;
 use stepwise_student::data::Variant;
@@ -41,8 +44,8 @@ impl Default for RunSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataSection {
-    /// `arith` (built in) or paths of files to import.
-    pub source: String,
+    /// The built-in task, or the files in `files`.
+    pub source: DataSource,
     pub files: Vec<PathBuf>,
     /// For files: a public format name (gsm8k, svamp, cqa, anli, esnli, strategyqa, bigbench, mmlu) ...
     pub format: Option<String>,
@@ -67,7 +70,7 @@ pub struct DataSection {
 impl Default for DataSection {
     fn default() -> Self {
         DataSection {
-            source: "arith".into(),
+            source: DataSource::Arith,
             files: vec![],
             format: None,
             map: None,
@@ -89,9 +92,9 @@ impl Default for DataSection {
 #[serde(deny_unknown_fields, default)]
 pub struct TeacherSection {
     /// `local` starts the built-in server on loopback; `http` uses `base_url`.
-    pub kind: String,
+    pub kind: TeacherKind,
     /// Local backend: `solver`, `mimic`, or `gguf` (the model in `gguf`).
-    pub backend: String,
+    pub backend: LocalBackend,
     /// The GGUF file the `gguf` backend serves.
     pub gguf: Option<PathBuf>,
     /// Most requests the `gguf` backend decodes as one batch.
@@ -106,12 +109,19 @@ pub struct TeacherSection {
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u32>,
     pub timeout_s: f64,
+    /// Retries of a failed request (429, 5xx, time-outs) after the first attempt.
+    pub max_retries: u32,
+    /// Rows per sealed shard file.
+    pub rows_per_shard: usize,
+    /// Keep each untouched completion in the shards' `raw_completion`.
+    pub keep_raw: bool,
     pub n: u32,
     pub temperature: f32,
     pub max_tokens: u32,
     pub seed: Option<i64>,
     pub prompt_dir: Option<PathBuf>,
-    /// Keep only rationales whose answer agrees with gold.
+    /// Keep only rationales whose answer agrees with gold. (It chooses the
+    /// students' training rows: part of the train identity, not the teacher's.)
     pub require_gold: bool,
     /// With several samples, keep answers with at least this vote share.
     pub min_vote_share: f32,
@@ -124,8 +134,8 @@ pub struct TeacherSection {
 impl Default for TeacherSection {
     fn default() -> Self {
         TeacherSection {
-            kind: "local".into(),
-            backend: "solver".into(),
+            kind: TeacherKind::Local,
+            backend: LocalBackend::Solver,
             gguf: None,
             max_batch: 16,
             device: "cpu".into(),
@@ -136,6 +146,9 @@ impl Default for TeacherSection {
             requests_per_minute: None,
             tokens_per_minute: None,
             timeout_s: 120.0,
+            max_retries: 6,
+            rows_per_shard: 5000,
+            keep_raw: false,
             n: 1,
             temperature: 0.0,
             max_tokens: 256,
@@ -155,10 +168,10 @@ impl Default for TeacherSection {
 #[serde(deny_unknown_fields, default)]
 pub struct StudentSection {
     /// `scratch`, an HF-style directory, or a `.gguf` file to start from.
-    pub init: String,
+    pub init: StudentInit,
     /// From scratch: `llama` (decoder-only) or `t5` (encoder-decoder, as in
     /// the paper; `layers` each for encoder and decoder, `d_ff` 4 × hidden).
-    pub arch: String,
+    pub arch: Arch,
     pub hidden_size: usize,
     pub layers: usize,
     pub heads: usize,
@@ -172,8 +185,8 @@ pub struct StudentSection {
 impl Default for StudentSection {
     fn default() -> Self {
         StudentSection {
-            init: "scratch".into(),
-            arch: "llama".into(),
+            init: StudentInit::Scratch,
+            arch: Arch::Llama,
             hidden_size: 128,
             layers: 4,
             heads: 4,
@@ -236,38 +249,17 @@ impl RunConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if self.data.source != "arith" && self.data.source != "files" {
-            return Err(format!(
-                "data.source = {:?}: expected \"arith\" or \"files\"",
-                self.data.source
-            ));
-        }
-        if self.data.source == "files" && self.data.files.is_empty() {
+        if self.data.source == DataSource::Files && self.data.files.is_empty() {
             return Err("data.files: give at least one file when data.source = \"files\"".into());
         }
-        if !matches!(self.teacher.kind.as_str(), "local" | "http") {
-            return Err(format!(
-                "teacher.kind = {:?}: expected \"local\" or \"http\"",
-                self.teacher.kind
-            ));
-        }
-        if self.teacher.kind == "local" && !matches!(self.teacher.backend.as_str(), "solver" | "mimic" | "gguf") {
-            return Err(format!(
-                "teacher.backend = {:?}: expected \"solver\", \"mimic\" or \"gguf\"",
-                self.teacher.backend
-            ));
-        }
-        if self.teacher.kind == "local" && self.teacher.backend == "gguf" && self.teacher.gguf.is_none() {
+        if self.teacher.kind == TeacherKind::Local
+            && self.teacher.backend == LocalBackend::Gguf
+            && self.teacher.gguf.is_none()
+        {
             return Err("teacher.gguf: give the GGUF file when teacher.backend = \"gguf\"".into());
         }
-        if self.teacher.kind == "http" && self.teacher.base_url.is_empty() {
+        if self.teacher.kind == TeacherKind::Http && self.teacher.base_url.is_empty() {
             return Err("teacher.base_url: required when teacher.kind = \"http\"".into());
-        }
-        if !matches!(self.student.arch.as_str(), "llama" | "t5") {
-            return Err(format!(
-                "student.arch = {:?}: expected \"llama\" or \"t5\"",
-                self.student.arch
-            ));
         }
         if self.students.variants.is_empty() {
             return Err("students.variants: give at least one of distill, label-gold, label-teacher".into());
@@ -296,10 +288,89 @@ impl RunConfig {
     }
 }
 
-/// Short hash of any serialisable value (stage input fingerprints).
-pub fn fingerprint<T: Serialize>(v: &T) -> String {
-    hex::encode(&Sha256::digest(serde_json::to_vec(v).expect("serialises"))[..8])
-}
-
 /// The commented example `stepwise init` writes.
 pub const EXAMPLE: &str = include_str!("../../examples/stepwise.toml");
+
+/// Where the examples come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataSource {
+    /// The built-in arithmetic word problems.
+    Arith,
+    /// `data.files`, in `data.format` or through `data.map`.
+    Files,
+}
+
+/// How the teacher is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeacherKind {
+    /// The built-in server, started on loopback for the run.
+    Local,
+    /// Any OpenAI-compatible server at `base_url`.
+    Http,
+}
+
+/// What answers on the built-in server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalBackend {
+    /// Exact answers to the built-in task, step by step.
+    Solver,
+    /// The solver's style with wrong numbers.
+    Mimic,
+    /// A real instruct model from a GGUF file.
+    Gguf,
+}
+
+impl LocalBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LocalBackend::Solver => "solver",
+            LocalBackend::Mimic => "mimic",
+            LocalBackend::Gguf => "gguf",
+        }
+    }
+}
+
+/// The student's architecture when trained from scratch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// Decoder-only, Llama/Qwen2 family.
+    Llama,
+    /// Encoder-decoder, T5 family.
+    T5,
+}
+
+/// Where the student starts: fresh weights, or a pretrained model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StudentInit {
+    Scratch,
+    /// An HF-style directory or a `.gguf` file.
+    Pretrained(PathBuf),
+}
+
+impl Serialize for StudentInit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            StudentInit::Scratch => s.serialize_str("scratch"),
+            StudentInit::Pretrained(p) => s.serialize_str(&p.to_string_lossy()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StudentInit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.as_str() {
+            "scratch" => StudentInit::Scratch,
+            "" => {
+                return Err(serde::de::Error::custom(
+                    "expected \"scratch\", a model directory or a .gguf file",
+                ));
+            }
+            _ => StudentInit::Pretrained(PathBuf::from(s)),
+        })
+    }
+}

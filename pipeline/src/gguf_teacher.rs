@@ -18,21 +18,33 @@ use stepwise_student::llama::Llama;
 use stepwise_student::{ChatMessage, StudentTokenizer};
 use stepwise_teacher::server::{Backend, ChatModel, ModelJob, ModelOutput};
 
-/// What answers on the local server for backend `name`: `solver` or
-/// `mimic`, or (`gguf`) the model in `gguf`, on `device`. `gguf_key` names
-/// the setting to give when the file is missing.
+use crate::config::LocalBackend;
+
+/// What answers on the local server for `backend`: the solver or the
+/// mimic, or (`gguf`) the model in `gguf`, on `device`. `gguf_key` names the
+/// setting to give when the file is missing.
 pub fn local_backend(
-    name: &str,
+    backend: LocalBackend,
     gguf: Option<&Path>,
     device: &str,
     gguf_key: &str,
 ) -> Result<(Backend, Option<Arc<dyn ChatModel>>)> {
-    if name != "gguf" {
-        return Ok((name.parse::<Backend>().map_err(anyhow::Error::msg)?, None));
+    match backend {
+        LocalBackend::Solver => Ok((Backend::Solver, None)),
+        LocalBackend::Mimic => Ok((Backend::Mimic, None)),
+        LocalBackend::Gguf => {
+            let path = gguf.with_context(|| format!("{gguf_key}: required with the gguf backend"))?;
+            let model: Arc<dyn ChatModel> = Arc::new(GgufTeacher::open(path, device)?);
+            Ok((Backend::Solver, Some(model)))
+        }
     }
-    let path = gguf.with_context(|| format!("{gguf_key}: required with the gguf backend"))?;
-    let model: Arc<dyn ChatModel> = Arc::new(GgufTeacher::open(path, device)?);
-    Ok((Backend::Solver, Some(model)))
+}
+
+/// The name a GGUF model is served under: its file name without `.gguf`.
+pub fn served_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "gguf".into())
 }
 
 pub struct GgufTeacher {
@@ -61,10 +73,7 @@ impl GgufTeacher {
             "gguf teacher loaded"
         );
         let context = model.config.max_position_embeddings;
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "gguf".into());
+        let name = served_name(path);
         Ok(GgufTeacher {
             dtype: compute_dtype(&device),
             model,

@@ -6,6 +6,7 @@ use plotters::prelude::*;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
+use stepwise_datasets::atomic::write_bytes;
 use stepwise_student::train::{LogLine, TrainSummary};
 
 use crate::checks::{Interval, Metrics};
@@ -273,7 +274,7 @@ pub fn build(inp: &ReportInput) -> Result<Vec<Block>> {
             .iter()
             .map(|s| {
                 vec![
-                    s.model.clone(),
+                    s.model.to_string(),
                     s.split.clone(),
                     s.n.to_string(),
                     s.accuracy.to_string(),
@@ -301,7 +302,14 @@ pub fn build(inp: &ReportInput) -> Result<Vec<Block>> {
         ],
         m.gains
             .iter()
-            .map(|g| vec![g.split.clone(), g.model.clone(), g.over.clone(), g.diff.to_string()])
+            .map(|g| {
+                vec![
+                    g.split.clone(),
+                    g.model.to_string(),
+                    g.over.to_string(),
+                    g.diff.to_string(),
+                ]
+            })
             .collect(),
     ));
     if !inp.sweep.is_empty() {
@@ -351,7 +359,7 @@ pub fn build(inp: &ReportInput) -> Result<Vec<Block>> {
             .iter()
             .map(|(k, s)| {
                 vec![
-                    k.clone(),
+                    k.to_string(),
                     s.n.to_string(),
                     format!("{:.3}", s.format_adherence),
                     format!("{:.3}", s.unigram_overlap),
@@ -373,7 +381,7 @@ pub fn build(inp: &ReportInput) -> Result<Vec<Block>> {
             .iter()
             .map(|(k, f)| {
                 vec![
-                    k.clone(),
+                    k.to_string(),
                     f.n.to_string(),
                     format!("{:.3}", f.answer_follows_rationale),
                     f.steps_valid.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into()),
@@ -408,7 +416,7 @@ pub fn build(inp: &ReportInput) -> Result<Vec<Block>> {
             .iter()
             .map(|(k, s)| {
                 vec![
-                    k.clone(),
+                    k.to_string(),
                     s.steps.to_string(),
                     format!("{:.1}", s.epochs),
                     s.best_step.map(|x| x.to_string()).unwrap_or_default(),
@@ -467,11 +475,11 @@ pub fn write(dir: &Path, inp: &ReportInput) -> Result<()> {
     std::fs::create_dir_all(dir.join("plots"))?;
     for b in &blocks {
         if let Block::Plot(file, _, svg) = b {
-            std::fs::write(dir.join("plots").join(file), svg)?;
+            write_bytes(&dir.join("plots").join(file), svg.as_bytes())?;
         }
     }
-    std::fs::write(dir.join("report.md"), to_markdown(&blocks))?;
-    std::fs::write(dir.join("report.html"), to_html(&inp.title, &blocks))?;
+    write_bytes(&dir.join("report.md"), to_markdown(&blocks).as_bytes())?;
+    write_bytes(&dir.join("report.html"), to_html(&inp.title, &blocks).as_bytes())?;
     let metrics = json!({
         "verdict": inp.metrics.verdict,
         "verdict_ood": inp.metrics.verdict_ood,
@@ -483,6 +491,6 @@ pub fn write(dir: &Path, inp: &ReportInput) -> Result<()> {
         "training": inp.summaries,
         "sweep": inp.sweep.iter().map(|(v, f, s, i)| json!({"variant": v, "fraction": f, "split": s, "accuracy": i})).collect::<Vec<_>>(),
     });
-    std::fs::write(dir.join("metrics.json"), serde_json::to_string_pretty(&metrics)?)?;
+    write_bytes(&dir.join("metrics.json"), &serde_json::to_vec_pretty(&metrics)?)?;
     Ok(())
 }

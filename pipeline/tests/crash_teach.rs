@@ -12,23 +12,8 @@ use stepwise_teacher::server::{self, ServerConfig};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_sigkills_then_resume_give_exactly_one_row_per_sample() {
     let dir = tempfile::tempdir().unwrap();
-    let ex = dir.path().join("ex");
     let run = dir.path().join("run");
     let bin = env!("CARGO_BIN_EXE_stepwise");
-    let st = Command::new(bin)
-        .args([
-            "data",
-            "generate",
-            "--out",
-            ex.to_str().unwrap(),
-            "--count",
-            "400",
-            "--ood",
-            "0",
-        ])
-        .output()
-        .unwrap();
-    assert!(st.status.success());
     let srv = server::start(
         "127.0.0.1:0",
         ServerConfig {
@@ -39,21 +24,23 @@ async fn twenty_sigkills_then_resume_give_exactly_one_row_per_sample() {
     .await
     .unwrap();
     let (concurrency, n, kills) = (8usize, 2u32, 20usize);
+    // The same plan as `stepwise run`: the data stage, then the teach stage.
+    let cfg = dir.path().join("teach.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\nexamples = 400\nood_examples = 0\n[teacher]\nkind = \"http\"\nbase_url = \"{}\"\nmodel = \"solver\"\n\
+             concurrency = {concurrency}\nn = {n}\nrows_per_shard = 37\n",
+            srv.base_url()
+        ),
+    )
+    .unwrap();
     let args = |dry: bool| {
         let mut v = vec![
             "teach".to_string(),
-            "--examples".into(),
-            ex.to_str().unwrap().into(),
-            "--run".into(),
+            cfg.to_str().unwrap().into(),
+            "--dir".into(),
             run.to_str().unwrap().into(),
-            "--base-url".into(),
-            srv.base_url(),
-            "--concurrency".into(),
-            concurrency.to_string(),
-            "--n".into(),
-            n.to_string(),
-            "--rows-per-shard".into(),
-            "37".into(),
         ];
         if dry {
             v.push("--dry-run".into());

@@ -27,6 +27,12 @@ pub enum Variant {
 }
 
 impl Variant {
+    /// Whether this variant learns from the teacher's rows (and so depends
+    /// on their curation).
+    pub fn uses_teacher(self) -> bool {
+        self != Variant::LabelGold
+    }
+
     pub const ALL: [Variant; 3] = [Variant::Distill, Variant::LabelGold, Variant::LabelTeacher];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -40,9 +46,53 @@ impl Variant {
     }
 }
 
+/// Which of the teacher's rows a student learns from. It chooses training
+/// rows, so it belongs to a training run's identity (changing it retrains
+/// and asks the teacher nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Curation {
+    /// Keep only rows whose answer agrees with gold.
+    pub require_gold: bool,
+    /// With several samples, keep answers with at least this vote share
+    /// (and only the best-voted answer of an example).
+    pub min_vote_share: f32,
+}
+
+impl Default for Curation {
+    fn default() -> Self {
+        Curation {
+            require_gold: true,
+            min_vote_share: 0.0,
+        }
+    }
+}
+
+impl Curation {
+    /// The kept rows, sorted by (example, sample): shard order follows
+    /// request completion, and nothing downstream may depend on it.
+    pub fn select(&self, rows: &[RationaleRow]) -> Vec<RationaleRow> {
+        let mut best: std::collections::HashMap<&str, f32> = std::collections::HashMap::new();
+        for r in rows {
+            let e = best.entry(r.example_id.as_str()).or_insert(0.0);
+            *e = e.max(r.vote_share);
+        }
+        let mut kept: Vec<RationaleRow> = rows
+            .iter()
+            .filter(|r| r.teacher_label.is_some())
+            .filter(|r| !self.require_gold || r.agrees_with_gold == Some(true))
+            .filter(|r| {
+                r.rationalized || (r.vote_share >= self.min_vote_share && r.vote_share >= best[r.example_id.as_str()])
+            })
+            .cloned()
+            .collect();
+        kept.sort_by(|a, b| (&a.example_id, a.sample_index).cmp(&(&b.example_id, b.sample_index)));
+        kept
+    }
+}
+
 /// One training unit: an input with its label target and, for the distilled
 /// variant, a rationale target.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StudyExample {
     pub id: String,
     pub input: String,

@@ -44,7 +44,7 @@ impl ModelConfig {
     }
 
     /// Sets the vocabulary and special ids from the tokenizer.
-    fn adopt(&mut self, tok: &StudentTokenizer) {
+    pub fn adopt(&mut self, tok: &StudentTokenizer) {
         match self {
             ModelConfig::Llama(c) => {
                 c.vocab_size = tok.vocab_size();
@@ -183,8 +183,37 @@ impl Student {
         }
     }
 
-    /// Writes the directory under a temporary name and renames it into place,
-    /// so a reader never sees half a model.
+    /// What [`Student::load`] would load, checked in a fraction of the time
+    /// (the config and tokenizer, not the weights): a wrong `init` fails
+    /// before any work starts, naming the file.
+    pub fn inspect(path: &Path) -> Result<ModelConfig> {
+        if is_gguf(path) {
+            let file = crate::gguf::GgufFile::open(path)?;
+            let config = file.config()?;
+            file.tokenizer()?;
+            return Ok(ModelConfig::Llama(config));
+        }
+        if !path.is_dir() {
+            return Err(StudentError::Format {
+                path: path.to_path_buf(),
+                msg: "not a directory with config.json, model.safetensors and tokenizer.json, nor a .gguf file".into(),
+            });
+        }
+        let cfg_path = path.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?;
+        let config = ModelConfig::from_json(&text).map_err(|msg| StudentError::Format {
+            path: cfg_path.clone(),
+            msg,
+        })?;
+        let weights = path.join("model.safetensors");
+        std::fs::metadata(&weights).map_err(io(&weights))?;
+        StudentTokenizer::load(&path.join("tokenizer.json"))?;
+        Ok(config)
+    }
+
+    /// Writes the directory under a temporary name and swaps it into place
+    /// (see `stepwise_datasets::atomic::replace_dir`), so a reader never sees
+    /// half a model and a kill leaves the previous one.
     pub fn save_dir(&self, dir: &Path) -> Result<()> {
         write_dir_atomically(dir, |tmp| self.write_files(tmp))
     }
@@ -226,14 +255,5 @@ impl From<T5Config> for ModelConfig {
 /// Fills a fresh `<dir>.tmp` with `fill`, then renames it over `dir` (an old
 /// `dir` is removed first): a reader never sees a half-written directory.
 pub(crate) fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = dir.with_extension("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    fill(&tmp)?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(io(dir))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(io(dir))
+    stepwise_datasets::atomic::replace_dir(dir, fill)
 }

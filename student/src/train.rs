@@ -117,6 +117,21 @@ impl TrainConfig {
         hex::encode(&Sha256::digest(v.to_string().as_bytes())[..8])
     }
 
+    /// The identity of a training run: the starting model (`start`: its
+    /// config and tokenizer, or its file's digest), the curation of the
+    /// teacher's rows when the variant uses them, the exact examples chosen,
+    /// and this config ([`Self::hash`]). A student directory records it; a
+    /// different identity means the student is trained again.
+    pub fn run_identity(&self, start: &str, curation: Option<&crate::data::Curation>, data: &[StudyExample]) -> String {
+        let mut h = Sha256::new();
+        for ex in data {
+            h.update(serde_json::to_vec(ex).expect("example serialises"));
+            h.update([0]);
+        }
+        let data_hash = hex::encode(h.finalize());
+        stepwise_datasets::digest::identity_of(&(start, curation, data_hash, self.hash()))
+    }
+
     /// True when a checkpoint is written after `step`.
     pub fn is_checkpoint_step(&self, step: u64) -> bool {
         step == self.steps
@@ -290,7 +305,12 @@ pub fn train(
     let mut order = DataOrder::new(seqs.len(), cfg.seed);
     let started = Instant::now();
     let tokens_at_start = state.tokens_seen;
-    let mut last_loss = f64::NAN;
+    // A run resumed at its last step trains no more: its last loss is the log's.
+    let mut last_loss = read_log(&log_path)?
+        .iter()
+        .rev()
+        .find(|l| l.kind == "train")
+        .map_or(f64::NAN, |l| l.loss);
     for step in state.step + 1..=cfg.steps {
         let lr = lr_at(step, cfg.optimizer.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio);
         let mut grads: Grads = Grads::new();
@@ -604,7 +624,7 @@ fn truncate_log(path: &Path, step: u64) -> Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    std::fs::write(path, kept).map_err(io(path))
+    Ok(stepwise_datasets::atomic::write_bytes(path, kept.as_bytes())?)
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {

@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use stepwise_datasets::arith::{ArithSpec, generate};
 use stepwise_teacher::ClientConfig;
+use stepwise_teacher::prompt::Prompts;
 use stepwise_teacher::server::{self, ServerConfig};
 use stepwise_teacher::stage::{Price, TeachConfig, paths_in, teach};
 
@@ -88,13 +89,13 @@ fn main() {
             max_tokens: 256,
             n: 1,
             seed: None,
-            prompt_dir: None,
+            model_digest: None,
+            prompts: Prompts::load(None).unwrap(),
             rows_per_shard: 100_000,
             price: Price::default(),
             budget_usd: None,
             rationalize: false,
             keep_raw: false,
-            config_hash: "bench".into(),
         };
         let (t, cpu0) = (Instant::now(), cpu_seconds());
         let s = rt.block_on(teach(&examples, cfg, &paths_in(dir.path()))).unwrap();

@@ -139,6 +139,49 @@ impl TeacherClient {
         cap.mul_f64(rand::rng().random_range(0.0..1.0))
     }
 
+    /// A check that takes seconds, before any work: the server answers
+    /// `GET {base_url}/models` at all (any HTTP status but 401/403 counts:
+    /// some servers have no such route). A refused connection, an unknown
+    /// host or a time-out is reported with the URL, instead of a minute of
+    /// retries per request.
+    pub async fn preflight(&self, timeout: Duration) -> Result<(), TeacherError> {
+        let url = format!("{}/models", self.cfg.base_url.trim_end_matches('/'));
+        let mut rb = self.http.get(&url).timeout(timeout);
+        if let Some(k) = &self.key {
+            rb = rb.bearer_auth(k);
+        }
+        match rb.send().await {
+            Ok(r) if matches!(r.status().as_u16(), 401 | 403) => Err(TeacherError::Config(format!(
+                "{url}: the server refused the API key ({}){}",
+                r.status(),
+                self.cfg
+                    .api_key_env
+                    .as_deref()
+                    .map(|v| format!(" read from {v}"))
+                    .unwrap_or_else(|| "; no api_key_env is set".into())
+            ))),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let what = if e.is_timeout() {
+                    format!("no answer within {:.0} s", timeout.as_secs_f64())
+                } else if e.is_connect() {
+                    format!(
+                        "cannot connect: {}",
+                        std::error::Error::source(&e)
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| without_url(&e))
+                    )
+                } else {
+                    without_url(&e)
+                };
+                Err(TeacherError::Config(format!(
+                    "teacher.base_url = {}: not reachable ({what})",
+                    self.cfg.base_url
+                )))
+            }
+        }
+    }
+
     /// Sends `req`, retrying what can be retried. `est_tokens` is charged
     /// against the tokens-per-minute limit before sending.
     pub async fn complete(&self, req: &ChatRequest, est_tokens: u32) -> Result<Completion, TeacherError> {

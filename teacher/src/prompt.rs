@@ -56,6 +56,11 @@ impl Prompts {
         Ok(Prompts { templates })
     }
 
+    /// Every template as (name, text): what the teacher is asked with.
+    pub fn templates(&self) -> &[(String, String)] {
+        &self.templates
+    }
+
     /// The chat messages for `ex`; `hint` adds the gold answer (STaR rationalisation).
     pub fn render(&self, ex: &Example, hint: Option<&str>) -> (String, Vec<Message>) {
         let name = template_for(ex);

@@ -247,12 +247,18 @@ fn spawn_model_worker(model: Arc<dyn ChatModel>, max_batch: usize) -> std::sync:
     tx
 }
 
-async fn models(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let name = match (&s.cfg.model, s.cfg.backend) {
+/// The served model's real name (for a GGUF model, its file name): what
+/// `/v1/models` lists and every response (and so every shard row) carries.
+fn served_name(s: &AppState) -> String {
+    match (&s.cfg.model, s.cfg.backend) {
         (Some(m), _) => m.name(),
         (None, Backend::Solver) => "solver".into(),
         (None, Backend::Mimic) => "mimic".into(),
-    };
+    }
+}
+
+async fn models(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let name = served_name(&s);
     Json(serde_json::json!({"object": "list", "data": [{"id": name, "object": "model", "owned_by": "stepwise"}]}))
 }
 
@@ -362,7 +368,7 @@ async fn chat(State(s): State<Arc<AppState>>, body: axum::body::Bytes) -> Respon
         completion_tokens,
         total_tokens: prompt_tokens + completion_tokens,
     };
-    respond(n, &req, choices, usage, fault)
+    respond(n, served_name(&s), choices, usage, fault)
 }
 
 /// `req` answered by the model: one job per sample, queued for its thread.
@@ -408,7 +414,7 @@ async fn model_chat(
     }
     usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
     s.stats.completions.fetch_add(1, Ordering::SeqCst);
-    respond(n, req, choices, usage, fault)
+    respond(n, served_name(s), choices, usage, fault)
 }
 
 fn server_error(msg: &str) -> Response {
@@ -420,12 +426,12 @@ fn server_error(msg: &str) -> Response {
 }
 
 /// The completion's body (cut in half when that fault was drawn).
-fn respond(n: u64, req: &ChatRequest, choices: Vec<Choice>, usage: Usage, fault: Fault) -> Response {
+fn respond(n: u64, model: String, choices: Vec<Choice>, usage: Usage, fault: Fault) -> Response {
     let resp = ChatResponse {
         id: format!("chatcmpl-{n}"),
         object: "chat.completion".into(),
         created: chrono::Utc::now().timestamp(),
-        model: req.model.clone(),
+        model,
         choices,
         usage: Some(usage),
     };

@@ -8,7 +8,6 @@ use crate::prompt::{Prompts, prompt_hash};
 use crate::protocol::ChatRequest;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,15 +29,25 @@ impl Price {
     }
 }
 
+/// Everything the teach stage needs. What is *asked* (the model, the
+/// prompts, sampling, n, seed, rationalisation) makes up
+/// [`TeachConfig::identity`]; the rest is operational (where the server is,
+/// how hard to push it, prices, budget, shard size) and can change between
+/// runs without invalidating a single row.
 #[derive(Debug, Clone)]
 pub struct TeachConfig {
+    /// Where the teacher is and how hard to push it (operational).
     pub client: ClientConfig,
+    /// The sha256 of the file a local teacher serves (a GGUF model): the
+    /// same name with other weights is another teacher.
+    pub model_digest: Option<String>,
     pub temperature: f32,
     pub max_tokens: u32,
     /// Samples per example (self-consistency).
     pub n: u32,
     pub seed: Option<i64>,
-    pub prompt_dir: Option<PathBuf>,
+    /// The templates, loaded: their contents are part of the identity.
+    pub prompts: Prompts,
     pub rows_per_shard: usize,
     pub price: Price,
     /// Stop sending new requests once the spent cost reaches this.
@@ -47,8 +56,59 @@ pub struct TeachConfig {
     pub rationalize: bool,
     /// Keep the untouched completion in `raw_completion`.
     pub keep_raw: bool,
-    /// Hash of the configuration that produced the shards (see [`ShardSet::open`]).
-    pub config_hash: String,
+}
+
+impl TeachConfig {
+    /// What makes two teach runs ask the same thing: the rows of a shard set
+    /// are tied to it. Never the URL, the key, concurrency, rate limits,
+    /// timeouts, retries, prices or the budget.
+    pub fn identity(&self) -> String {
+        #[derive(Serialize)]
+        struct Id<'a> {
+            model: &'a str,
+            model_digest: Option<&'a str>,
+            system: &'a str,
+            templates: &'a [(String, String)],
+            stop: &'a str,
+            temperature: f32,
+            max_tokens: u32,
+            n: u32,
+            seed: Option<i64>,
+            rationalize: bool,
+        }
+        stepwise_datasets::digest::identity_of(&Id {
+            model: &self.client.model,
+            model_digest: self.model_digest.as_deref(),
+            system: crate::prompt::SYSTEM,
+            templates: self.prompts.templates(),
+            stop: crate::protocol::FEW_SHOT_STOP,
+            temperature: self.temperature,
+            max_tokens: self.max_tokens,
+            n: self.n,
+            seed: self.seed,
+            rationalize: self.rationalize,
+        })
+    }
+
+    /// The identity of a teach stage over `examples`: [`Self::identity`]
+    /// and the example set (ids are content hashes).
+    pub fn stage_identity(&self, examples: &[Example]) -> String {
+        let mut ids: Vec<&str> = examples.iter().map(|e| e.id.as_str()).collect();
+        ids.sort_unstable();
+        stepwise_datasets::digest::identity_of(&(self.identity(), ids))
+    }
+
+    /// The response cache's key for `req`: the request itself, and the
+    /// model file's digest when a local file answers it.
+    pub fn cache_key(&self, req: &ChatRequest) -> String {
+        match &self.model_digest {
+            None => req.hash(),
+            Some(d) => {
+                use sha2::{Digest, Sha256};
+                hex::encode(Sha256::digest(format!("{}:{d}", req.hash())))
+            }
+        }
+    }
 }
 
 /// Where the stage reads and writes.
@@ -58,6 +118,8 @@ pub struct TeachPaths {
     pub cache: PathBuf,
     /// One JSON line per request that failed after its retries.
     pub failures: PathBuf,
+    /// Where a shard set of an earlier identity is moved (`shards-<identity>`).
+    pub retired: PathBuf,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -105,11 +167,11 @@ pub fn estimate(
     done: &dyn Fn(&str) -> bool,
     cfg: &TeachConfig,
 ) -> Result<Estimate, TeacherError> {
-    let prompts = Prompts::load(cfg.prompt_dir.as_deref())?;
+    let prompts = &cfg.prompts;
     let todo: Vec<&Example> = examples.iter().filter(|e| !done(&e.id)).collect();
     let prompt_tokens: u64 = todo
         .iter()
-        .map(|e| request(cfg, &prompts, e, None).1.approx_prompt_tokens() as u64)
+        .map(|e| request(cfg, prompts, e, None).1.approx_prompt_tokens() as u64)
         .sum();
     let max_completion_tokens = todo.len() as u64 * cfg.max_tokens as u64 * cfg.n as u64;
     Ok(Estimate {
@@ -212,7 +274,6 @@ enum Outcome {
 struct Shared {
     client: TeacherClient,
     cache: ResponseCache,
-    prompts: Prompts,
     cfg: TeachConfig,
     spent_micro_usd: AtomicU64,
     over_budget: AtomicBool,
@@ -229,7 +290,7 @@ impl Shared {
 
     /// Cached or fetched response for `req`; `Ok((response, sent))`.
     async fn fetch(&self, req: &ChatRequest) -> Result<(CachedResponse, bool), TeacherError> {
-        let hash = req.hash();
+        let hash = self.cfg.cache_key(req);
         // The cache's file operations take microseconds and run inline:
         // handing each to the blocking pool cost more in thread wake-ups.
         if let Some(c) = self.cache.get(&hash) {
@@ -249,7 +310,7 @@ impl Shared {
         if self.over_budget.load(Ordering::SeqCst) {
             return Outcome::OverBudget;
         }
-        let (template, req) = request(&self.cfg, &self.prompts, &ex, None);
+        let (template, req) = request(&self.cfg, &self.cfg.prompts, &ex, None);
         let (mut sent, mut hits, mut prompt, mut completion) = (0, 0, 0, 0);
         let mut note = |c: &CachedResponse, was_sent: bool| {
             let u = c.response.usage.unwrap_or_default();
@@ -282,7 +343,7 @@ impl Shared {
         };
         let mut rows = rows_for(&ex, &self.cfg, &template, &req, &got, 0, false);
         if self.cfg.rationalize && !rows.iter().any(|r| r.agrees_with_gold == Some(true)) {
-            let (template, hinted) = request(&self.cfg, &self.prompts, &ex, Some(&ex.label));
+            let (template, hinted) = request(&self.cfg, &self.cfg.prompts, &ex, Some(&ex.label));
             match self.fetch(&hinted).await {
                 Ok((c, was_sent)) => {
                     note(&c, was_sent);
@@ -318,7 +379,9 @@ const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 /// run loses at most the requests in flight, and their responses are usually
 /// in the cache already.
 pub async fn teach(examples: &[Example], cfg: TeachConfig, paths: &TeachPaths) -> Result<TeachSummary, TeacherError> {
-    let (mut shards, rec) = ShardSet::open(&paths.shards, &cfg.config_hash, cfg.rows_per_shard)?;
+    let identity = cfg.identity();
+    retire_other_identity(paths, &identity)?;
+    let (mut shards, rec) = ShardSet::open(&paths.shards, &identity, cfg.rows_per_shard)?;
     if rec.replayed_rows + rec.adopted_shards + rec.duplicates_skipped > 0 || rec.torn_tail {
         tracing::info!(?rec, "recovered shards from an interrupted run");
     }
@@ -332,7 +395,6 @@ pub async fn teach(examples: &[Example], cfg: TeachConfig, paths: &TeachPaths) -
     let shared = Arc::new(Shared {
         client: TeacherClient::new(cfg.client.clone())?,
         cache: ResponseCache::open(&paths.cache)?,
-        prompts: Prompts::load(cfg.prompt_dir.as_deref())?,
         spent_micro_usd: AtomicU64::new(0),
         over_budget: AtomicBool::new(false),
         cfg,
@@ -460,20 +522,31 @@ pub async fn teach(examples: &[Example], cfg: TeachConfig, paths: &TeachPaths) -
     Ok(summary)
 }
 
-/// Keeps the rows a student should learn from: answers that agree with gold
-/// (when `require_gold`) and, with several samples, the majority answer.
-pub fn curate(rows: &[RationaleRow], require_gold: bool, min_vote_share: f32) -> Vec<RationaleRow> {
-    let mut best: HashMap<&str, f32> = HashMap::new();
-    for r in rows {
-        let e = best.entry(r.example_id.as_str()).or_insert(0.0);
-        *e = e.max(r.vote_share);
+/// Moves a shard set asked with another identity (an edited prompt, another
+/// model) out of the way, to `retired/shards-<identity>`: its rows are not
+/// what this configuration asks, and its responses stay in the cache, so
+/// requests that did not change are answered from there for free.
+pub fn retire_other_identity(paths: &TeachPaths, identity: &str) -> Result<(), TeacherError> {
+    let Some(m) = stepwise_datasets::Manifest::load(&paths.shards)? else {
+        return Ok(());
+    };
+    let journal = paths.shards.join(stepwise_datasets::shard::JOURNAL_FILE);
+    let has_rows = !m.shards.is_empty() || journal.metadata().is_ok_and(|j| j.len() > 0);
+    if m.config_hash == identity || !has_rows {
+        return Ok(());
     }
-    rows.iter()
-        .filter(|r| r.teacher_label.is_some())
-        .filter(|r| !require_gold || r.agrees_with_gold == Some(true))
-        .filter(|r| r.rationalized || (r.vote_share >= min_vote_share && r.vote_share >= best[r.example_id.as_str()]))
-        .cloned()
-        .collect()
+    std::fs::create_dir_all(&paths.retired).map_err(|e| TeacherError::Io(paths.retired.clone(), e))?;
+    let mut to = paths.retired.join(format!("shards-{}", m.config_hash));
+    let mut k = 1;
+    while to.exists() {
+        k += 1;
+        to = paths.retired.join(format!("shards-{}-{k}", m.config_hash));
+    }
+    std::fs::rename(&paths.shards, &to).map_err(|e| TeacherError::Io(to.clone(), e))?;
+    stepwise_datasets::atomic::sync_dir(&paths.retired)?;
+    tracing::info!(from = %m.config_hash, to = %identity, retired = %to.display(),
+        "teach: the teacher is asked differently now; earlier shards retired, unchanged requests come from the cache");
+    Ok(())
 }
 
 /// Paths under a run directory.
@@ -482,5 +555,6 @@ pub fn paths_in(run_dir: &Path) -> TeachPaths {
         shards: run_dir.join("shards"),
         cache: run_dir.join("cache"),
         failures: run_dir.join("failures.jsonl"),
+        retired: run_dir.join("retired"),
     }
 }

@@ -5,6 +5,7 @@ use stepwise_datasets::Example;
 use stepwise_datasets::answer::extract_answer;
 use stepwise_datasets::arith::{ArithSpec, check_solution, generate};
 use stepwise_datasets::shard::read_dir_rows;
+use stepwise_teacher::prompt::Prompts;
 use stepwise_teacher::protocol::{ChatRequest, Message};
 use stepwise_teacher::server::{self, Backend, Fault, Faults, ServerConfig};
 use stepwise_teacher::stage::{Price, TeachConfig, paths_in, teach};
@@ -41,7 +42,8 @@ fn teach_cfg(client: ClientConfig) -> TeachConfig {
         max_tokens: 256,
         n: 1,
         seed: Some(1),
-        prompt_dir: None,
+        model_digest: None,
+        prompts: Prompts::load(None).unwrap(),
         rows_per_shard: 50,
         price: Price {
             prompt_per_mtok: 1.0,
@@ -50,7 +52,6 @@ fn teach_cfg(client: ClientConfig) -> TeachConfig {
         budget_usd: None,
         rationalize: false,
         keep_raw: false,
-        config_hash: "test".into(),
     }
 }
 
@@ -329,4 +330,107 @@ fn the_mimic_is_wrong_and_well_formed_on_nearly_every_problem() {
         chained >= 490,
         "only {chained} of 500 mimic rationales are step-by-step chains"
     );
+}
+
+#[test]
+fn operational_knobs_are_not_part_of_the_teach_identity() {
+    let base = teach_cfg(client_cfg("http://127.0.0.1:1/v1".into()));
+    let mut knobs = base.clone();
+    knobs.client.base_url = "http://10.0.0.1:8000/v1".into();
+    knobs.client.concurrency = 3;
+    knobs.client.requests_per_minute = Some(60);
+    knobs.client.tokens_per_minute = Some(1000);
+    knobs.client.timeout = Duration::from_secs(3600);
+    knobs.client.max_retries = 1;
+    knobs.client.api_key_env = Some("SOME_KEY".into());
+    knobs.rows_per_shard = 7;
+    knobs.price = Price {
+        prompt_per_mtok: 9.0,
+        completion_per_mtok: 9.0,
+    };
+    knobs.budget_usd = Some(1.0);
+    knobs.keep_raw = true;
+    assert_eq!(base.identity(), knobs.identity());
+    for (what, changed) in [
+        (
+            "temperature",
+            TeachConfig {
+                temperature: 0.7,
+                ..base.clone()
+            },
+        ),
+        (
+            "max_tokens",
+            TeachConfig {
+                max_tokens: 9,
+                ..base.clone()
+            },
+        ),
+        ("n", TeachConfig { n: 3, ..base.clone() }),
+        (
+            "seed",
+            TeachConfig {
+                seed: Some(2),
+                ..base.clone()
+            },
+        ),
+        (
+            "rationalize",
+            TeachConfig {
+                rationalize: true,
+                ..base.clone()
+            },
+        ),
+        (
+            "model file",
+            TeachConfig {
+                model_digest: Some("ab".into()),
+                ..base.clone()
+            },
+        ),
+    ] {
+        assert_ne!(base.identity(), changed.identity(), "{what} changes what is asked");
+    }
+}
+
+#[tokio::test]
+async fn an_edited_prompt_retires_the_shards_and_the_cache_answers_every_unchanged_request() {
+    let srv = server_with(Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let paths = paths_in(dir.path());
+    let ex = examples(20);
+    let cfg = teach_cfg(client_cfg(srv.base_url()));
+    let s = teach(&ex, cfg.clone(), &paths).await.unwrap();
+    assert_eq!(s.requests_sent, 20);
+    // A template no example uses: another identity, but every request is unchanged.
+    let prompts_dir = dir.path().join("prompts");
+    std::fs::create_dir_all(&prompts_dir).unwrap();
+    std::fs::write(prompts_dir.join("yes_no.txt"), "Q: {input}\nA:").unwrap();
+    let edited = TeachConfig {
+        prompts: Prompts::load(Some(&prompts_dir)).unwrap(),
+        ..cfg.clone()
+    };
+    assert_ne!(edited.identity(), cfg.identity());
+    let s2 = teach(&ex, edited.clone(), &paths).await.unwrap();
+    assert_eq!(
+        (s2.already_done, s2.requests_sent, s2.cache_hits, s2.rows_written),
+        (0, 0, 20, 20)
+    );
+    let retired = paths.retired.join(format!("shards-{}", cfg.identity()));
+    assert_eq!(
+        read_dir_rows(&retired).unwrap().len(),
+        20,
+        "the earlier rows are kept aside"
+    );
+    // The template the examples use: every request is new.
+    std::fs::write(prompts_dir.join("arithmetic.txt"), "Solve: {input}\nA:").unwrap();
+    let edited2 = TeachConfig {
+        prompts: Prompts::load(Some(&prompts_dir)).unwrap(),
+        ..cfg
+    };
+    let s3 = teach(&ex, edited2, &paths).await.unwrap();
+    assert_eq!((s3.requests_sent, s3.cache_hits), (20, 0));
+    assert_eq!(read_dir_rows(&paths.shards).unwrap().len(), 20);
+    assert_eq!(srv.stats.completions.load(std::sync::atomic::Ordering::SeqCst), 40);
+    srv.shutdown().await;
 }

@@ -1,16 +1,15 @@
-//! `stepwise teach` and `stepwise teacher serve|probe`.
+//! `stepwise teacher serve|probe`: run the local OpenAI-compatible teacher,
+//! or ask any teacher one question.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
-use sha2::{Digest, Sha256};
-use std::path::PathBuf;
 use std::time::Duration;
-use stepwise_datasets::examples_file::read_split;
-use stepwise_datasets::{Example, LabelKind, Split};
+use stepwise_datasets::{Example, LabelKind};
 use stepwise_teacher::protocol::{ChatRequest, Message};
 use stepwise_teacher::server::{self, Faults, ServerConfig};
-use stepwise_teacher::stage::{Price, TeachConfig, estimate, paths_in, teach};
 use stepwise_teacher::{ClientConfig, TeacherClient};
+
+use crate::config::LocalBackend;
 
 #[derive(Args, Clone)]
 pub struct ClientArgs {
@@ -53,53 +52,6 @@ impl ClientArgs {
     }
 }
 
-#[derive(Args)]
-pub struct TeachArgs {
-    /// Examples directory ({train,val,test,test_ood}.parquet).
-    #[arg(long)]
-    pub examples: PathBuf,
-    /// Run directory: shards/, cache/ and failures.jsonl go here.
-    #[arg(long)]
-    pub run: PathBuf,
-    /// Splits to ask the teacher about (the test splits give the teacher's own accuracy).
-    #[arg(long, value_delimiter = ',', default_value = "train,val,test,test_ood")]
-    pub splits: Vec<Split>,
-    #[command(flatten)]
-    pub client: ClientArgs,
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
-    #[arg(long, default_value_t = 256)]
-    pub max_tokens: u32,
-    /// Samples per example (self-consistency vote).
-    #[arg(long, default_value_t = 1)]
-    pub n: u32,
-    #[arg(long)]
-    pub seed: Option<i64>,
-    /// Directory with edited prompt templates (<name>.txt overrides the built-in one).
-    #[arg(long)]
-    pub prompt_dir: Option<PathBuf>,
-    /// Dollars per million prompt tokens.
-    #[arg(long, default_value_t = 0.0)]
-    pub price_prompt: f64,
-    /// Dollars per million completion tokens.
-    #[arg(long, default_value_t = 0.0)]
-    pub price_completion: f64,
-    /// Stop sending once this many dollars are spent.
-    #[arg(long)]
-    pub budget: Option<f64>,
-    /// Re-ask with the gold answer as a hint where no sample agrees with gold (STaR).
-    #[arg(long)]
-    pub rationalize: bool,
-    /// Keep each raw completion in the shards.
-    #[arg(long)]
-    pub keep_raw: bool,
-    #[arg(long, default_value_t = 5000)]
-    pub rows_per_shard: usize,
-    /// Print the cost estimate and send nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-}
-
 #[derive(Subcommand)]
 pub enum TeacherCommand {
     /// Serve the local OpenAI-compatible teacher until Ctrl-C.
@@ -112,11 +64,22 @@ pub enum TeacherCommand {
         question: String,
         /// Asks with the few-shot template of this answer kind (number, choice,
         /// class, text), as the teach stage would; `raw` sends the question alone.
-        #[arg(long, default_value = "number")]
-        kind: String,
+        #[arg(long, value_enum, default_value = "number")]
+        kind: ProbeKind,
         #[arg(long, default_value_t = 256)]
         max_tokens: u32,
     },
+}
+
+/// Which prompt `teacher probe` asks with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeKind {
+    Number,
+    Choice,
+    Class,
+    Text,
+    /// The question alone, with the system prompt.
+    Raw,
 }
 
 #[derive(Args)]
@@ -125,8 +88,8 @@ pub struct ServeArgs {
     pub addr: String,
     /// solver (exact answers), mimic (same style, wrong numbers), or gguf
     /// (a real instruct model: give --gguf).
-    #[arg(long, default_value = "solver")]
-    pub backend: String,
+    #[arg(long, value_enum, default_value = "solver")]
+    pub backend: LocalBackend,
     /// The GGUF file the gguf backend serves.
     #[arg(long)]
     pub gguf: Option<std::path::PathBuf>,
@@ -162,7 +125,7 @@ pub struct ServeArgs {
 impl ServeArgs {
     pub fn config(&self) -> Result<ServerConfig> {
         let (backend, model) =
-            crate::gguf_teacher::local_backend(&self.backend, self.gguf.as_deref(), &self.device, "--gguf FILE")?;
+            crate::gguf_teacher::local_backend(self.backend, self.gguf.as_deref(), &self.device, "--gguf FILE")?;
         Ok(ServerConfig {
             backend,
             model,
@@ -187,90 +150,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-/// Hash of everything that changes what the teacher is asked (never the key).
-fn config_hash(a: &TeachArgs) -> Result<String> {
-    let mut prompts = String::new();
-    if let Some(d) = &a.prompt_dir {
-        let mut names: Vec<_> = std::fs::read_dir(d)
-            .with_context(|| d.display().to_string())?
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        names.sort();
-        for p in names {
-            prompts.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
-        }
-    }
-    let key = serde_json::json!({
-        "model": a.client.model, "temperature": a.temperature, "max_tokens": a.max_tokens, "n": a.n,
-        "seed": a.seed, "rationalize": a.rationalize, "prompts": prompts,
-    });
-    Ok(hex::encode(&Sha256::digest(key.to_string().as_bytes())[..8]))
-}
-
-pub fn run_teach(a: TeachArgs) -> Result<()> {
-    let mut examples: Vec<Example> = Vec::new();
-    for s in &a.splits {
-        examples.extend(read_split(&a.examples, *s)?);
-    }
-    anyhow::ensure!(
-        !examples.is_empty(),
-        "{}: no examples in splits {:?}",
-        a.examples.display(),
-        a.splits
-    );
-    let cfg = TeachConfig {
-        client: a.client.config(),
-        temperature: a.temperature,
-        max_tokens: a.max_tokens,
-        n: a.n,
-        seed: a.seed,
-        prompt_dir: a.prompt_dir.clone(),
-        rows_per_shard: a.rows_per_shard,
-        price: Price {
-            prompt_per_mtok: a.price_prompt,
-            completion_per_mtok: a.price_completion,
-        },
-        budget_usd: a.budget,
-        rationalize: a.rationalize,
-        keep_raw: a.keep_raw,
-        config_hash: config_hash(&a)?,
-    };
-    let paths = paths_in(&a.run);
-    if a.dry_run {
-        let done = match stepwise_datasets::shard::Manifest::load(&paths.shards)? {
-            Some(_) => stepwise_datasets::shard::read_dir_rows(&paths.shards)?
-                .into_iter()
-                .map(|r| r.example_id)
-                .collect(),
-            None => std::collections::HashSet::new(),
-        };
-        let e = estimate(&examples, &|id| done.contains(id), &cfg)?;
-        println!(
-            "would send {} requests: ~{} prompt tokens, at most {} completion tokens, at most ${:.4}",
-            e.requests, e.prompt_tokens, e.max_completion_tokens, e.max_cost_usd
-        );
-        return Ok(());
-    }
-    let s = runtime()?.block_on(teach(&examples, cfg, &paths))?;
-    println!("{}", serde_json::to_string_pretty(&s)?);
-    if s.failed > 0 {
-        eprintln!(
-            "{} request(s) failed after retries: see {} (a re-run retries them)",
-            s.failed,
-            paths.failures.display()
-        );
-    }
-    Ok(())
-}
-
 pub fn run_teacher(cmd: TeacherCommand) -> Result<()> {
     match cmd {
         TeacherCommand::Serve(a) => runtime()?.block_on(async {
             let srv = server::start(&a.addr, a.config()?).await?;
             println!(
                 "serving the {:?} teacher at {} (Ctrl-C stops)",
-                a.backend,
+                a.backend.as_str(),
                 srv.base_url()
             );
             tokio::signal::ctrl_c().await?;
@@ -284,13 +170,12 @@ pub fn run_teacher(cmd: TeacherCommand) -> Result<()> {
             max_tokens,
         } => runtime()?.block_on(async {
             let c = TeacherClient::new(client.config())?;
-            let label_kind = match kind.as_str() {
-                "raw" => None,
-                "number" => Some(LabelKind::Number),
-                "choice" => Some(LabelKind::Choice),
-                "class" => Some(LabelKind::Class),
-                "text" => Some(LabelKind::Text),
-                k => anyhow::bail!("--kind {k:?}: expected number, choice, class, text or raw"),
+            let label_kind = match kind {
+                ProbeKind::Raw => None,
+                ProbeKind::Number => Some(LabelKind::Number),
+                ProbeKind::Choice => Some(LabelKind::Choice),
+                ProbeKind::Class => Some(LabelKind::Class),
+                ProbeKind::Text => Some(LabelKind::Text),
             };
             let messages = match label_kind {
                 None => vec![

@@ -1,0 +1,152 @@
+//! The `stepwise` command line: argument parsing only. Commands that work on
+//! a run directory resolve a [`Plan`](crate::plan::Plan) and hand it to
+//! [`crate::commands`]; `data`, `shards` and `teacher` are thin tools over
+//! the libraries.
+
+pub mod data;
+pub mod shards;
+pub mod teacher;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use stepwise_student::data::{Task, Variant};
+
+#[derive(Parser)]
+#[command(
+    name = "stepwise",
+    version,
+    about = "Distil a large teacher's answers and rationales into a small student, then check what it learned."
+)]
+pub struct Cli {
+    /// Log as JSON lines (structured logs for batch jobs) instead of text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run every stage (data, teach, train, eval, report) into one run directory.
+    Run(RunArgs),
+    /// Write a commented example stepwise.toml.
+    Init {
+        /// Where to write it (default: ./stepwise.toml).
+        path: Option<PathBuf>,
+    },
+    /// Generate, import, split and inspect examples.
+    #[command(subcommand)]
+    Data(data::DataCommand),
+    /// Inspect, validate, export and merge rationale shards.
+    #[command(subcommand)]
+    Shards(shards::ShardsCommand),
+    /// Run the data and teach stages of a run: the same plan as `run`, so
+    /// the two share shards.
+    Teach(TeachArgs),
+    /// Run or probe a teacher.
+    #[command(subcommand)]
+    Teacher(teacher::TeacherCommand),
+    /// Train the run's students (all variants, or one).
+    Train(TrainArgs),
+    /// Evaluate every student, the untrained one and the teacher on the test splits.
+    Eval(StageArgs),
+    /// Compute the checks and write report.md, report.html and metrics.json.
+    Report(StageArgs),
+    /// Generate with a trained student.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// A stepwise.toml; without one, the embedded default (built-in task, local solver teacher).
+    pub config: Option<PathBuf>,
+    /// Run directory (default: runs/<run.name>).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct TeachArgs {
+    /// A stepwise.toml (as for `run`).
+    #[arg(conflicts_with = "run")]
+    pub config: Option<PathBuf>,
+    /// Run directory (default: runs/<run.name>).
+    #[arg(long, conflicts_with = "run")]
+    pub dir: Option<PathBuf>,
+    /// An existing run directory: its stepwise.toml is the config.
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// Print what would be sent and its cost at most, and send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args)]
+pub struct StageArgs {
+    /// Run directory holding stepwise.toml (written by `stepwise run`).
+    #[arg(long)]
+    pub run: PathBuf,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Train only this variant (default: every variant in the config).
+    #[arg(long, value_parser = parse_variant)]
+    pub variant: Option<Variant>,
+}
+
+fn parse_variant(s: &str) -> Result<Variant, String> {
+    Variant::parse(s).ok_or_else(|| format!("{s:?}: expected distill, label-gold or label-teacher"))
+}
+
+/// Which prompt `generate` asks with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GenerateTask {
+    Label,
+    Rationale,
+}
+
+impl GenerateTask {
+    pub fn task(self) -> Task {
+        match self {
+            GenerateTask::Label => Task::Label,
+            GenerateTask::Rationale => Task::Rationale,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// A student directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The question; asked with the student's label or rationale prompt.
+    #[arg(long)]
+    pub input: Vec<String>,
+    #[arg(long, value_enum, default_value = "rationale")]
+    pub task: GenerateTask,
+    #[arg(long, default_value_t = 160)]
+    pub max_tokens: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    crate::commands::init_logging(cli.log_json);
+    match cli.command {
+        Command::Run(a) => crate::commands::run(a.config.as_deref(), a.dir.as_deref()),
+        Command::Init { path } => crate::commands::init(path),
+        Command::Teach(a) => crate::commands::teach(&a),
+        Command::Train(a) => crate::commands::train(&a.run, a.variant),
+        Command::Eval(a) => crate::commands::eval(&a.run),
+        Command::Report(a) => crate::commands::report(&a.run),
+        Command::Generate(a) => crate::commands::generate(&a),
+        Command::Data(c) => data::run(c),
+        Command::Shards(c) => shards::run(c),
+        Command::Teacher(c) => teacher::run_teacher(c),
+    }
+}

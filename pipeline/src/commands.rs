@@ -1,0 +1,187 @@
+//! The commands that work on a run directory: each resolves the same
+//! [`Plan`], runs the [`preflight`] checks that apply, then its stages.
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use stepwise_student::Student;
+use stepwise_student::data::{Variant, prompt};
+use stepwise_student::device::{compute_dtype, pick_device};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{GenerateArgs, TeachArgs};
+use crate::config::{EXAMPLE, RunConfig};
+use crate::plan::{Plan, Start};
+use crate::preflight::{self, TeacherCheck};
+use crate::run_dir::RunDir;
+use crate::stages;
+
+/// Text or JSON-lines logs on stderr, filtered by `STEPWISE_LOG` (default info).
+pub fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_env("STEPWISE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+}
+
+/// The plan of a config file (or the embedded default) for `dir` (or
+/// `runs/<run.name>`).
+pub fn plan_for(config: Option<&Path>, dir: Option<&Path>) -> Result<Plan> {
+    let cfg = match config {
+        Some(p) => RunConfig::load(p)?,
+        None => RunConfig::default(),
+    };
+    let dir = RunDir::new(cfg.run_dir(dir));
+    Plan::resolve(cfg, dir)
+}
+
+/// The plan of an existing run directory, from its `stepwise.toml`.
+pub fn plan_of_run(dir: &Path) -> Result<Plan> {
+    let p = RunDir::new(dir).config();
+    if !p.exists() {
+        bail!(
+            "{}: not found; run `stepwise run` first, or give the run directory it made",
+            p.display()
+        );
+    }
+    Plan::resolve(RunConfig::load(&p)?, RunDir::new(dir))
+}
+
+/// Records the resolved config in the run directory (no secrets: the key's
+/// variable name only).
+fn write_config(plan: &Plan) -> Result<()> {
+    let root = plan.dir.root();
+    std::fs::create_dir_all(root).with_context(|| root.display().to_string())?;
+    stepwise_datasets::atomic::write_bytes(&plan.dir.config(), plan.config.to_toml().as_bytes())?;
+    Ok(())
+}
+
+pub fn run(config: Option<&Path>, dir: Option<&Path>) -> Result<()> {
+    let started = Instant::now();
+    let plan = plan_for(config, dir)?;
+    let mut digests = plan.digests();
+    let checked = preflight::check(&plan, &mut digests, TeacherCheck::IfTeachHasWork)?;
+    write_config(&plan)?;
+    digests.save()?;
+    tracing::info!(dir = %plan.dir.root().display(), "run: data");
+    stages::data::run(&plan, &checked.data_identity)?;
+    tracing::info!("run: teach");
+    stages::teach::run(&plan, checked.teach)?;
+    tracing::info!("run: train");
+    stages::train::run(&plan, None, &mut digests)?;
+    digests.save()?;
+    tracing::info!("run: eval");
+    stages::eval::run(&plan)?;
+    let m = stages::report::run(&plan)?;
+    println!(
+        "verdict: {} ({} on {}: gain over {} {})",
+        m.verdict.kind.as_str(),
+        m.verdict.student,
+        m.verdict.split,
+        m.verdict.floor,
+        m.verdict.gain_over_floor
+    );
+    if let Some(o) = &m.verdict_ood {
+        println!(
+            "out of distribution: {} (gain over {} {})",
+            o.kind.as_str(),
+            o.floor,
+            o.gain_over_floor
+        );
+    }
+    println!(
+        "report: {} ({:.0} s)",
+        plan.dir.report_html().display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The data and teach stages of a run.
+pub fn teach(a: &TeachArgs) -> Result<()> {
+    let plan = match &a.run {
+        Some(d) => plan_of_run(d)?,
+        None => plan_for(a.config.as_deref(), a.dir.as_deref())?,
+    };
+    let mut digests = plan.digests();
+    let check = if a.dry_run {
+        TeacherCheck::IfTeachHasWork
+    } else {
+        TeacherCheck::Always
+    };
+    let checked = preflight::check(&plan, &mut digests, check)?;
+    write_config(&plan)?;
+    digests.save()?;
+    stages::data::run(&plan, &checked.data_identity)?;
+    if a.dry_run {
+        let e = stages::teach::dry_run(&plan, &checked.teach)?;
+        println!(
+            "would send {} requests: ~{} prompt tokens, at most {} completion tokens, at most ${:.4}",
+            e.requests, e.prompt_tokens, e.max_completion_tokens, e.max_cost_usd
+        );
+        return Ok(());
+    }
+    stages::teach::run(&plan, checked.teach)
+}
+
+pub fn init(path: Option<PathBuf>) -> Result<()> {
+    let p = path.unwrap_or_else(|| PathBuf::from("stepwise.toml"));
+    if p.exists() {
+        bail!("{}: already exists; not overwritten", p.display());
+    }
+    std::fs::write(&p, EXAMPLE)?;
+    println!("wrote {} (the embedded default, every key commented)", p.display());
+    Ok(())
+}
+
+pub fn train(dir: &Path, only: Option<Variant>) -> Result<()> {
+    let plan = plan_of_run(dir)?;
+    if let Start::Pretrained(p) = &plan.students.start {
+        Student::inspect(p).with_context(|| format!("student.init = {}", p.display()))?;
+    }
+    let mut digests = plan.digests();
+    stages::train::run(&plan, only, &mut digests)?;
+    digests.save()?;
+    Ok(())
+}
+
+pub fn eval(dir: &Path) -> Result<()> {
+    stages::eval::run(&plan_of_run(dir)?)
+}
+
+pub fn report(dir: &Path) -> Result<()> {
+    let plan = plan_of_run(dir)?;
+    let m = stages::report::run(&plan)?;
+    println!(
+        "verdict: {}; report: {}",
+        m.verdict.kind.as_str(),
+        plan.dir.report_html().display()
+    );
+    Ok(())
+}
+
+pub fn generate(a: &GenerateArgs) -> Result<()> {
+    let device = pick_device(&a.device)?;
+    let s = Student::load_dir(&a.model, &device)?;
+    if a.input.is_empty() {
+        bail!("give at least one --input");
+    }
+    let prompts: Vec<String> = a.input.iter().map(|i| prompt(a.task.task(), i)).collect();
+    let outs = stepwise_student::generate::generate(
+        &s.model,
+        &s.tokenizer,
+        &prompts,
+        a.max_tokens,
+        16,
+        compute_dtype(&device),
+    )?;
+    for (i, o) in a.input.iter().zip(outs) {
+        println!("> {i}\n{}\n", o.trim());
+    }
+    Ok(())
+}
