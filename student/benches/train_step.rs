@@ -16,7 +16,7 @@ static GLOBAL: stepwise_student::alloc::MiMalloc = stepwise_student::alloc::MiMa
 use candle_core::{D, DType, Device, Tensor};
 use stepwise_student::llama::{Config, Llama};
 use stepwise_student::ops::nll_rows;
-use stepwise_student::optim::{AdamW, AdamWConfig, Grads};
+use stepwise_student::optim::{AdamW, AdamWConfig, Grads, accumulate};
 use stepwise_student::params::ParamStore;
 use stepwise_student::t5::{T5, T5Config};
 
@@ -102,14 +102,8 @@ fn time_steps(params: &ParamStore, steps: usize, tokens: usize, loss: impl Fn() 
         let l = loss()?;
         let _ = l.to_scalar::<f32>()?;
         let t1 = Instant::now();
-        let g = l.backward()?;
         let mut grads = Grads::new();
-        for (name, var) in params.vars() {
-            if let Some(t) = g.get(var.as_tensor()) {
-                grads.insert(name.clone(), t.flatten_all()?.to_vec1()?);
-            }
-        }
-        drop(g);
+        accumulate(&mut grads, params, &l.backward()?)?;
         let t2 = Instant::now();
         opt.step(params, &grads, 1e-4)?;
         let t3 = Instant::now();

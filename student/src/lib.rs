@@ -2,6 +2,7 @@
 //!
 //! Small students trained on a teacher's labels and rationales with candle.
 //!
+//! - [`layers`]: projections, masks, the KV cache and dropout, shared by both models.
 //! - [`llama`]: a decoder-only model of the Llama / Qwen2 family written for
 //!   training (every op carries a gradient; full-sequence logits; a KV cache
 //!   for generation; HF tensor names).
@@ -24,6 +25,7 @@ pub mod device;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod layers;
 pub mod llama;
 pub mod ops;
 pub mod optim;

@@ -9,11 +9,13 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::quantized::{GgmlDType, QMatMul};
-use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::params::{Dropout, ParamStore};
+use crate::layers::{Dropout, take, widened};
+pub use crate::layers::{KvCache, Linear, MASKED, causal_mask, left_padded_mask, linear};
+use crate::params::ParamStore;
 
 /// The model's shape, read from and written to an HF `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,82 +159,41 @@ impl Config {
     }
 }
 
-/// `x @ w^T (+ b)` as one 2-D matmul over flattened batch and time (about 2×
-/// faster than the broadcast form on CPU).
-pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let w = w.to_dtype(x.dtype())?;
-    over_rows(x, b, |rows| rows.matmul(&w.t()?))
-}
-
-/// `f` applied to `x` flattened to `(rows, last)`, `b` added to every row,
-/// and the leading dimensions restored.
-fn over_rows(x: &Tensor, b: Option<&Tensor>, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let (last, rest) = dims.split_last().expect("a projection's input has a last dim");
-    let y = f(&x.reshape((rest.iter().product::<usize>(), *last))?)?;
-    let y = match b {
-        Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
-        None => y,
-    };
-    let mut out = rest.to_vec();
-    out.push(y.dim(1)?);
-    y.reshape(out)
-}
-
-/// Half precision widened to f32 for reductions and outputs; f32/f64 kept.
-pub(crate) fn widened(dtype: DType) -> DType {
-    match dtype {
-        DType::F16 | DType::BF16 => DType::F32,
-        d => d,
-    }
-}
-
 pub use crate::ops::{rms_norm, rope};
 
-/// Per-layer keys and values of the tokens seen so far, for generation.
-#[derive(Default)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+/// Self-attention's four projections (grouped-query: `k`, `v` have fewer heads).
+pub struct Attention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
 }
 
-impl KvCache {
-    pub fn new(layers: usize) -> KvCache {
-        KvCache {
-            layers: vec![None; layers],
-        }
-    }
-    /// Tokens cached so far.
-    pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map(|(k, _)| k.dim(2).unwrap_or(0))
-            .unwrap_or(0)
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Layer `l`'s cached keys and values with `k`, `v` (new tokens on dim 2)
-    /// appended; the cache keeps the result.
-    pub fn append(&mut self, l: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        let (k, v) = match &self.layers[l] {
-            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
-            None => (k, v),
-        };
-        self.layers[l] = Some((k.detach(), v.detach()));
-        Ok((k, v))
-    }
+/// The SwiGLU feed-forward block.
+pub struct Mlp {
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
 }
 
-/// The decoder. Holds the parameters' tensors (sharing storage with the
-/// `ParamStore`'s variables, so optimizer updates are seen here), or for
-/// inference only, block-quantized projections.
+/// One decoder layer: pre-norm attention, then pre-norm MLP, each residual.
+pub struct Block {
+    pub input_norm: Tensor,
+    pub attn: Attention,
+    pub post_attention_norm: Tensor,
+    pub mlp: Mlp,
+}
+
+/// The decoder. Its tensors share storage with the `ParamStore`'s variables
+/// (so optimizer updates are seen here), or for inference only, its
+/// projections are block-quantized.
 pub struct Llama {
     pub config: Config,
-    p: BTreeMap<String, Tensor>,
-    /// Projection matrices kept quantized (a GGUF teacher); empty when training.
-    q: BTreeMap<String, QMatMul>,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    /// `None`: tied to the embedding table.
+    lm_head: Option<Linear>,
     cos: Tensor,
     sin: Tensor,
 }
@@ -251,10 +212,11 @@ impl Llama {
         Llama::from_parts(config, weights.dense, weights.quantized, dev)
     }
 
+    /// The typed blocks from tensors named as Hugging Face names them.
     fn from_parts(
         config: &Config,
-        p: BTreeMap<String, Tensor>,
-        q: BTreeMap<String, QMatMul>,
+        mut p: BTreeMap<String, Tensor>,
+        mut q: BTreeMap<String, QMatMul>,
         dev: &Device,
     ) -> Result<Llama> {
         let hd = config.head_dim();
@@ -268,10 +230,37 @@ impl Llama {
             .reshape((n, 1))?;
         let freqs = pos.matmul(&inv)?;
         let freqs = Tensor::cat(&[&freqs, &freqs], 1)?;
+        let mut blocks = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let b = format!("model.layers.{l}");
+            let (p, q) = (&mut p, &mut q);
+            blocks.push(Block {
+                input_norm: take(p, &format!("{b}.input_layernorm.weight"))?,
+                attn: Attention {
+                    q: Linear::take(&format!("{b}.self_attn.q_proj"), p, q)?,
+                    k: Linear::take(&format!("{b}.self_attn.k_proj"), p, q)?,
+                    v: Linear::take(&format!("{b}.self_attn.v_proj"), p, q)?,
+                    o: Linear::take(&format!("{b}.self_attn.o_proj"), p, q)?,
+                },
+                post_attention_norm: take(p, &format!("{b}.post_attention_layernorm.weight"))?,
+                mlp: Mlp {
+                    gate: Linear::take(&format!("{b}.mlp.gate_proj"), p, q)?,
+                    up: Linear::take(&format!("{b}.mlp.up_proj"), p, q)?,
+                    down: Linear::take(&format!("{b}.mlp.down_proj"), p, q)?,
+                },
+            });
+        }
+        let lm_head = if q.contains_key("lm_head.weight") || p.contains_key("lm_head.weight") {
+            Some(Linear::take("lm_head", &mut p, &mut q)?)
+        } else {
+            None
+        };
         Ok(Llama {
             config: config.clone(),
-            p,
-            q,
+            embed: take(&mut p, "model.embed_tokens.weight")?,
+            norm: take(&mut p, "model.norm.weight")?,
+            blocks,
+            lm_head,
             cos: freqs.cos()?,
             sin: freqs.sin()?,
         })
@@ -279,27 +268,6 @@ impl Llama {
 
     pub fn device(&self) -> &Device {
         self.cos.device()
-    }
-
-    fn w(&self, name: &str) -> &Tensor {
-        &self.p[name]
-    }
-
-    /// `x @ W^T (+ b)` for the projection `name` (`name.weight`, `name.bias`).
-    fn project(&self, x: &Tensor, name: &str) -> Result<Tensor> {
-        let bias = self.p.get(&format!("{name}.bias"));
-        let weight = format!("{name}.weight");
-        let Some(q) = self.q.get(&weight) else {
-            return linear(x, self.w(&weight), bias);
-        };
-        let rows = x.elem_count() / x.dim(D::Minus1)?.max(1);
-        if rows >= DEQUANTIZE_ROWS
-            && let QMatMul::QTensor(w) = q
-            && w.dtype() == GgmlDType::Q8_0
-        {
-            return linear(x, &w.dequantize(x.device())?, bias);
-        }
-        over_rows(x, bias, |rows| q.forward(&rows.contiguous()?))
     }
 
     /// Logits for every position: `ids` `(b, t)` u32, `positions` `(b, t)` u32
@@ -334,22 +302,22 @@ impl Llama {
             .to_dtype(dtype)?;
         let mask = mask.to_dtype(dtype)?;
 
-        let emb = self.w("model.embed_tokens.weight");
-        let mut x = emb
+        let mut x = self
+            .embed
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, cfg.hidden_size))?
             .to_dtype(dtype)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        for l in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{l}");
-            let h = rms_norm(&x, self.w(&format!("{p}.input_layernorm.weight")), cfg.rms_norm_eps)?;
-            let proj = |name: &str| self.project(&h, &format!("{p}.self_attn.{name}"));
-            let q = proj("q_proj")?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
-            let k = proj("k_proj")?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-            let v = proj("v_proj")?
-                .reshape((b, t, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
+        for (l, blk) in self.blocks.iter().enumerate() {
+            let h = rms_norm(&x, &blk.input_norm, cfg.rms_norm_eps)?;
+            let a = &blk.attn;
+            let q = a.q.forward(&h)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
+            let k = a.k.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let v =
+                a.v.forward(&h)?
+                    .reshape((b, t, nkv, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()?;
             let q = rope(&q.contiguous()?, &cos, &sin)?;
             let k = rope(&k.contiguous()?, &cos, &sin)?;
             let (k, v) = match cache.as_deref_mut() {
@@ -369,32 +337,28 @@ impl Llama {
             };
             let y = att.reshape((b, nkv, g * t, tk))?.matmul(&v)?;
             let y = y.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-            let y = self.project(&y, &format!("{p}.self_attn.o_proj"))?;
+            let y = a.o.forward(&y)?;
             let y = match dropout.as_deref_mut() {
                 Some(d) => d.apply(&y)?,
                 None => y,
             };
             x = (x + y)?;
 
-            let h = rms_norm(
-                &x,
-                self.w(&format!("{p}.post_attention_layernorm.weight")),
-                cfg.rms_norm_eps,
-            )?;
-            let gate = self.project(&h, &format!("{p}.mlp.gate_proj"))?;
-            let up = self.project(&h, &format!("{p}.mlp.up_proj"))?;
-            let y = self.project(&crate::ops::swiglu(&gate, &up)?, &format!("{p}.mlp.down_proj"))?;
+            let h = rms_norm(&x, &blk.post_attention_norm, cfg.rms_norm_eps)?;
+            let m = &blk.mlp;
+            let y = m
+                .down
+                .forward(&crate::ops::swiglu(&m.gate.forward(&h)?, &m.up.forward(&h)?)?)?;
             let y = match dropout.as_deref_mut() {
                 Some(d) => d.apply(&y)?,
                 None => y,
             };
             x = (x + y)?;
         }
-        let x = rms_norm(&x, self.w("model.norm.weight"), cfg.rms_norm_eps)?;
-        let logits = if self.q.contains_key("lm_head.weight") || self.p.contains_key("lm_head.weight") {
-            self.project(&x, "lm_head")?
-        } else {
-            linear(&x, emb, None)?
+        let x = rms_norm(&x, &self.norm, cfg.rms_norm_eps)?;
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(&x)?,
+            None => linear(&x, &self.embed, None)?,
         };
         logits.to_dtype(widened(dtype))
     }
@@ -417,49 +381,4 @@ impl Llama {
         let mask = causal_mask(lengths, t, dev)?;
         self.forward(ids, &positions, &mask, None, dropout, dtype)
     }
-}
-
-/// From this many rows (a prompt's prefill) a Q8_0 projection is dequantised
-/// and multiplied as f32: a GEMM over many rows beats candle's row-by-row
-/// Q8_0 dot products (3x on a 584-token prefill of Qwen2.5-0.5B), and
-/// dequantising Q8_0 is cheap. K-quants have candle's repacked GEMM instead.
-const DEQUANTIZE_ROWS: usize = 64;
-
-/// Large negative, finite so a fully masked row gives a uniform softmax
-/// rather than NaN.
-pub const MASKED: f32 = -1e9;
-
-/// `(b, 1, t, t)` additive causal mask for right-padded rows of `lengths`.
-pub fn causal_mask(lengths: &[usize], t: usize, dev: &Device) -> Result<Tensor> {
-    let b = lengths.len();
-    let mut m = vec![0f32; b * t * t];
-    for (r, &len) in lengths.iter().enumerate() {
-        for i in 0..t {
-            for j in 0..t {
-                if j > i || j >= len {
-                    m[r * t * t + i * t + j] = MASKED;
-                }
-            }
-        }
-    }
-    Tensor::from_vec(m, (b, 1, t, t), dev)
-}
-
-/// `(b, 1, t, cached + t)` additive mask for left-padded rows decoding `t` new
-/// tokens after `cached` ones: row `r`'s first `pads[r]` keys are padding;
-/// new tokens see every earlier key and themselves.
-pub fn left_padded_mask(pads: &[usize], t: usize, cached: usize, dev: &Device) -> Result<Tensor> {
-    let b = pads.len();
-    let tk = cached + t;
-    let mut m = vec![0f32; b * t * tk];
-    for (r, &pad) in pads.iter().enumerate() {
-        for i in 0..t {
-            for j in 0..tk {
-                if j > cached + i || j < pad {
-                    m[(r * t + i) * tk + j] = MASKED;
-                }
-            }
-        }
-    }
-    Tensor::from_vec(m, (b, 1, t, tk), dev)
 }

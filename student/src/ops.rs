@@ -121,7 +121,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
         return x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps });
     }
     let dtype = x.dtype();
-    let x = x.to_dtype(crate::llama::widened(dtype))?;
+    let x = x.to_dtype(crate::layers::widened(dtype))?;
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     let y = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
     y.to_dtype(dtype)?.broadcast_mul(&w.to_dtype(dtype)?)

@@ -53,6 +53,23 @@ pub fn lr_at(step: u64, peak: f64, warmup: u64, total: u64, min_ratio: f64) -> f
 /// Host-side gradients by parameter name, summed over micro-batches.
 pub type Grads = BTreeMap<String, Vec<f32>>;
 
+/// Adds the gradient of every parameter in `g` to `grads` (as f32, by
+/// name): gradient accumulation over micro-batches happens on the host.
+pub fn accumulate(grads: &mut Grads, params: &ParamStore, g: &candle_core::backprop::GradStore) -> Result<()> {
+    for (name, var) in params.vars() {
+        if let Some(gt) = g.get(var.as_tensor()) {
+            let v: Vec<f32> = gt.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+            match grads.get_mut(name) {
+                Some(acc) => acc.iter_mut().zip(v).for_each(|(a, b)| *a += b),
+                None => {
+                    grads.insert(name.clone(), v);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Global L2 norm of all gradients.
 pub fn global_norm(grads: &Grads) -> f64 {
     grads

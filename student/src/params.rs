@@ -142,32 +142,4 @@ pub(crate) fn normal(rng: &mut impl Rng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
-/// Inverted dropout with masks drawn from a seeded generator, so a resumed
-/// run draws the same masks (candle's `ops::dropout` uses an unseeded one).
-pub struct Dropout {
-    pub p: f32,
-    rng: ChaCha8Rng,
-}
-
-impl Dropout {
-    /// `seed` should mix the run seed and the step, so each step's masks are
-    /// fixed regardless of where training was resumed.
-    pub fn new(p: f32, seed: u64) -> Dropout {
-        Dropout {
-            p,
-            rng: ChaCha8Rng::seed_from_u64(seed),
-        }
-    }
-
-    pub fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
-        if self.p <= 0.0 {
-            return Ok(x.clone());
-        }
-        let scale = 1.0 / (1.0 - self.p);
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| if self.rng.random::<f32>() < self.p { 0.0 } else { scale })
-            .collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        x * mask
-    }
-}
+pub use crate::layers::Dropout;

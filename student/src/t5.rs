@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use candle_core::{D, DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::llama::{KvCache, MASKED, left_padded_mask, linear, rms_norm};
+use crate::layers::{KvCache, Linear, left_padded_mask, linear, padding_mask, take};
+use crate::ops::rms_norm;
 use crate::params::{Dropout, ParamStore};
 
 /// The model's shape, as HF's T5 `config.json` names it.
@@ -222,19 +223,56 @@ impl T5Cache {
     }
 }
 
+/// One attention block's projections (T5 has no biases); the first block
+/// of each stack also holds the relative position bias table.
+pub struct T5Attention {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+}
+
+/// The feed-forward's input projection: ReLU (T5) or gated GELU (T5 v1.1, flan-t5).
+pub enum DenseIn {
+    Relu(Linear),
+    GatedGelu { wi_0: Linear, wi_1: Linear },
+}
+
+/// Pre-norm feed-forward with a residual.
+pub struct FeedForward {
+    pub norm: Tensor,
+    pub wi: DenseIn,
+    pub wo: Linear,
+}
+
+pub struct EncoderBlock {
+    pub norm: Tensor,
+    pub attn: T5Attention,
+    pub ff: FeedForward,
+}
+
+pub struct DecoderBlock {
+    pub self_norm: Tensor,
+    pub self_attn: T5Attention,
+    pub cross_norm: Tensor,
+    pub cross_attn: T5Attention,
+    pub ff: FeedForward,
+}
+
 /// The encoder-decoder; tensors share storage with the `ParamStore`'s vars.
 pub struct T5 {
     pub config: T5Config,
-    p: BTreeMap<String, Tensor>,
-}
-
-/// `(b, 1, 1, t)` additive mask hiding padding keys of right-padded rows.
-pub fn padding_mask(lengths: &[usize], t: usize, dev: &Device) -> Result<Tensor> {
-    let mut m = vec![0f32; lengths.len() * t];
-    for (r, &len) in lengths.iter().enumerate() {
-        m[r * t + len.min(t)..(r + 1) * t].fill(MASKED);
-    }
-    Tensor::from_vec(m, (lengths.len(), 1, 1, t), dev)
+    shared: Tensor,
+    encoder: Vec<EncoderBlock>,
+    encoder_norm: Tensor,
+    /// The encoder's relative position bias table (bidirectional buckets).
+    encoder_bias: Tensor,
+    decoder: Vec<DecoderBlock>,
+    decoder_norm: Tensor,
+    /// The decoder's (unidirectional buckets).
+    decoder_bias: Tensor,
+    /// `None`: tied to `shared`, scaled by d_model^-0.5 as HF does.
+    lm_head: Option<Linear>,
 }
 
 fn drop(x: Tensor, dropout: &mut Option<&mut Dropout>) -> Result<Tensor> {
@@ -244,44 +282,160 @@ fn drop(x: Tensor, dropout: &mut Option<&mut Dropout>) -> Result<Tensor> {
     }
 }
 
+fn attention(p: &mut BTreeMap<String, Tensor>, name: &str) -> Result<T5Attention> {
+    let q = &mut BTreeMap::new();
+    Ok(T5Attention {
+        q: Linear::take(&format!("{name}.q"), p, q)?,
+        k: Linear::take(&format!("{name}.k"), p, q)?,
+        v: Linear::take(&format!("{name}.v"), p, q)?,
+        o: Linear::take(&format!("{name}.o"), p, q)?,
+    })
+}
+
+fn feed_forward(p: &mut BTreeMap<String, Tensor>, name: &str, gated: bool) -> Result<FeedForward> {
+    let q = &mut BTreeMap::new();
+    let d = format!("{name}.DenseReluDense");
+    Ok(FeedForward {
+        norm: take(p, &format!("{name}.layer_norm.weight"))?,
+        wi: if gated {
+            DenseIn::GatedGelu {
+                wi_0: Linear::take(&format!("{d}.wi_0"), p, q)?,
+                wi_1: Linear::take(&format!("{d}.wi_1"), p, q)?,
+            }
+        } else {
+            DenseIn::Relu(Linear::take(&format!("{d}.wi"), p, q)?)
+        },
+        wo: Linear::take(&format!("{d}.wo"), p, q)?,
+    })
+}
+
+impl T5Attention {
+    /// Multi-head attention of `x` over `kv` (`(b, heads, tk, d_kv)` each),
+    /// plus `bias` (position bias and masks, broadcast to `(b, heads, t, tk)`).
+    fn attend(
+        &self,
+        c: &T5Config,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: &Tensor,
+        dropout: &mut Option<&mut Dropout>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let q = self
+            .q
+            .forward(x)?
+            .reshape((b, t, c.num_heads, c.d_kv))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
+        let att = drop(crate::ops::softmax_last(&scores)?, dropout)?;
+        let y = att.matmul(v)?.transpose(1, 2)?.reshape((b, t, c.num_heads * c.d_kv))?;
+        self.o.forward(&y)
+    }
+
+    /// Keys and values of `x`, `(b, heads, t, d_kv)`.
+    fn keys_values(&self, c: &T5Config, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t, _) = x.dims3()?;
+        let heads =
+            |y: Tensor| -> Result<Tensor> { y.reshape((b, t, c.num_heads, c.d_kv))?.transpose(1, 2)?.contiguous() };
+        Ok((heads(self.k.forward(x)?)?, heads(self.v.forward(x)?)?))
+    }
+}
+
+impl FeedForward {
+    fn forward(&self, c: &T5Config, x: &Tensor, dropout: &mut Option<&mut Dropout>) -> Result<Tensor> {
+        let h = rms_norm(x, &self.norm, c.layer_norm_epsilon)?;
+        let act = match &self.wi {
+            DenseIn::GatedGelu { wi_0, wi_1 } => (wi_0.forward(&h)?.gelu()? * wi_1.forward(&h)?)?,
+            DenseIn::Relu(wi) => wi.forward(&h)?.relu()?,
+        };
+        let act = drop(act, dropout)?;
+        let y = self.wo.forward(&act)?;
+        x + drop(y, dropout)?
+    }
+}
+
 impl T5 {
     pub fn new(config: &T5Config, params: &ParamStore) -> Result<T5> {
         config.validate().map_err(candle_core::Error::msg)?;
-        let p = params.tensors_for(&config.parameter_shapes())?;
+        let mut p = params.tensors_for(&config.parameter_shapes())?;
+        let p = &mut p;
+        let gated = config.gated();
+        let rel = |stack: &str| format!("{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight");
+        let encoder_bias = take(p, &rel("encoder"))?;
+        let decoder_bias = take(p, &rel("decoder"))?;
+        let mut encoder = Vec::with_capacity(config.num_layers);
+        for l in 0..config.num_layers {
+            let b = format!("encoder.block.{l}");
+            encoder.push(EncoderBlock {
+                norm: take(p, &format!("{b}.layer.0.layer_norm.weight"))?,
+                attn: attention(p, &format!("{b}.layer.0.SelfAttention"))?,
+                ff: feed_forward(p, &format!("{b}.layer.1"), gated)?,
+            });
+        }
+        let mut decoder = Vec::with_capacity(config.decoder_layers());
+        for l in 0..config.decoder_layers() {
+            let b = format!("decoder.block.{l}");
+            decoder.push(DecoderBlock {
+                self_norm: take(p, &format!("{b}.layer.0.layer_norm.weight"))?,
+                self_attn: attention(p, &format!("{b}.layer.0.SelfAttention"))?,
+                cross_norm: take(p, &format!("{b}.layer.1.layer_norm.weight"))?,
+                cross_attn: attention(p, &format!("{b}.layer.1.EncDecAttention"))?,
+                ff: feed_forward(p, &format!("{b}.layer.2"), gated)?,
+            });
+        }
+        let lm_head = if p.contains_key("lm_head.weight") {
+            Some(Linear::take("lm_head", p, &mut BTreeMap::new())?)
+        } else {
+            None
+        };
         Ok(T5 {
             config: config.clone(),
-            p,
+            shared: take(p, "shared.weight")?,
+            encoder,
+            encoder_norm: take(p, "encoder.final_layer_norm.weight")?,
+            encoder_bias,
+            decoder,
+            decoder_norm: take(p, "decoder.final_layer_norm.weight")?,
+            decoder_bias,
+            lm_head,
         })
     }
 
-    fn w(&self, name: &str) -> &Tensor {
-        &self.p[name]
-    }
-
     pub fn device(&self) -> &Device {
-        self.w("shared.weight").device()
+        self.shared.device()
     }
 
-    /// `(1, heads, q, k)` position bias from the stack's first block, for
-    /// queries at `q0..q0+q` and keys at `0..k`.
-    fn position_bias(&self, stack: &str, q0: usize, q: usize, k: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
+    /// `(1, heads, q, k)` position bias for queries at `q0..q0+q` and keys
+    /// at `0..k`: bidirectional buckets for the encoder, causal for the decoder.
+    fn position_bias(
+        &self,
+        encoder: bool,
+        q0: usize,
+        q: usize,
+        k: usize,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
         let c = &self.config;
-        let bidirectional = stack == "encoder";
         let mut idx = Vec::with_capacity(q * k);
         for i in q0..q0 + q {
             for j in 0..k {
                 idx.push(relative_position_bucket(
                     j as i64 - i as i64,
-                    bidirectional,
+                    encoder,
                     c.relative_attention_num_buckets,
                     c.relative_attention_max_distance,
                 ) as u32);
             }
         }
         let idx = Tensor::from_vec(idx, q * k, dev)?;
-        let table = self.w(&format!(
-            "{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
-        ));
+        let table = if encoder {
+            &self.encoder_bias
+        } else {
+            &self.decoder_bias
+        };
         table
             .index_select(&idx, 0)?
             .reshape((q, k, c.num_heads))?
@@ -290,59 +444,9 @@ impl T5 {
             .to_dtype(dtype)
     }
 
-    /// Multi-head attention of `x` over `kv` (`(b, heads, tk, d_kv)` each),
-    /// plus `bias` (position bias and masks, broadcast to `(b, heads, t, tk)`).
-    fn attend(
-        &self,
-        p: &str,
-        x: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        bias: &Tensor,
-        dropout: &mut Option<&mut Dropout>,
-    ) -> Result<Tensor> {
-        let c = &self.config;
-        let (b, t, _) = x.dims3()?;
-        let q = linear(x, self.w(&format!("{p}.q.weight")), None)?
-            .reshape((b, t, c.num_heads, c.d_kv))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
-        let att = drop(crate::ops::softmax_last(&scores)?, dropout)?;
-        let y = att.matmul(v)?.transpose(1, 2)?.reshape((b, t, c.num_heads * c.d_kv))?;
-        linear(&y, self.w(&format!("{p}.o.weight")), None)
-    }
-
-    /// Keys and values of `x` for attention block `p`, `(b, heads, t, d_kv)`.
-    fn keys_values(&self, p: &str, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let c = &self.config;
-        let (b, t, _) = x.dims3()?;
-        let proj = |n: &str| -> Result<Tensor> {
-            linear(x, self.w(&format!("{p}.{n}.weight")), None)?
-                .reshape((b, t, c.num_heads, c.d_kv))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        Ok((proj("k")?, proj("v")?))
-    }
-
-    fn feed_forward(&self, p: &str, x: &Tensor, dropout: &mut Option<&mut Dropout>) -> Result<Tensor> {
-        let c = &self.config;
-        let h = rms_norm(x, self.w(&format!("{p}.layer_norm.weight")), c.layer_norm_epsilon)?;
-        let act = if c.gated() {
-            let g = linear(&h, self.w(&format!("{p}.DenseReluDense.wi_0.weight")), None)?.gelu()?;
-            (g * linear(&h, self.w(&format!("{p}.DenseReluDense.wi_1.weight")), None)?)?
-        } else {
-            linear(&h, self.w(&format!("{p}.DenseReluDense.wi.weight")), None)?.relu()?
-        };
-        let act = drop(act, dropout)?;
-        let y = linear(&act, self.w(&format!("{p}.DenseReluDense.wo.weight")), None)?;
-        x + drop(y, dropout)?
-    }
-
     fn embed(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        self.w("shared.weight")
+        self.shared
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, self.config.d_model))?
             .to_dtype(dtype)
@@ -360,18 +464,17 @@ impl T5 {
         let (_, t) = ids.dims2()?;
         let dev = ids.device();
         let bias = self
-            .position_bias("encoder", 0, t, t, dtype, dev)?
+            .position_bias(true, 0, t, t, dtype, dev)?
             .broadcast_add(&padding_mask(lengths, t, dev)?.to_dtype(dtype)?)?;
         let mut x = drop(self.embed(ids, dtype)?, &mut dropout)?;
-        for l in 0..c.num_layers {
-            let p = format!("encoder.block.{l}.layer.0");
-            let h = rms_norm(&x, self.w(&format!("{p}.layer_norm.weight")), c.layer_norm_epsilon)?;
-            let (k, v) = self.keys_values(&format!("{p}.SelfAttention"), &h)?;
-            let y = self.attend(&format!("{p}.SelfAttention"), &h, &k, &v, &bias, &mut dropout)?;
+        for blk in &self.encoder {
+            let h = rms_norm(&x, &blk.norm, c.layer_norm_epsilon)?;
+            let (k, v) = blk.attn.keys_values(c, &h)?;
+            let y = blk.attn.attend(c, &h, &k, &v, &bias, &mut dropout)?;
             x = (x + drop(y, &mut dropout)?)?;
-            x = self.feed_forward(&format!("encoder.block.{l}.layer.1"), &x, &mut dropout)?;
+            x = blk.ff.forward(c, &x, &mut dropout)?;
         }
-        let x = rms_norm(&x, self.w("encoder.final_layer_norm.weight"), c.layer_norm_epsilon)?;
+        let x = rms_norm(&x, &self.encoder_norm, c.layer_norm_epsilon)?;
         drop(x, &mut dropout)
     }
 
@@ -394,46 +497,44 @@ impl T5 {
         let tk = past + t;
         // Causal: query i (at past + i) sees keys 0..=past + i.
         let self_bias = self
-            .position_bias("decoder", past, t, tk, dtype, dev)?
+            .position_bias(false, past, t, tk, dtype, dev)?
             .broadcast_add(&left_padded_mask(&[0], t, past, dev)?.to_dtype(dtype)?)?;
         let enc_t = enc.dim(1)?;
         let cross_bias = padding_mask(enc_lengths, enc_t, dev)?.to_dtype(dtype)?;
         let mut x = drop(self.embed(dec_ids, dtype)?, &mut dropout)?;
-        for l in 0..c.decoder_layers() {
-            let p = format!("decoder.block.{l}.layer.0");
-            let h = rms_norm(&x, self.w(&format!("{p}.layer_norm.weight")), c.layer_norm_epsilon)?;
-            let (k, v) = self.keys_values(&format!("{p}.SelfAttention"), &h)?;
+        for (l, blk) in self.decoder.iter().enumerate() {
+            let h = rms_norm(&x, &blk.self_norm, c.layer_norm_epsilon)?;
+            let (k, v) = blk.self_attn.keys_values(c, &h)?;
             let (k, v) = match cache.as_deref_mut() {
                 Some(cc) => cc.self_kv.append(l, k, v)?,
                 None => (k, v),
             };
-            let y = self.attend(&format!("{p}.SelfAttention"), &h, &k, &v, &self_bias, &mut dropout)?;
+            let y = blk.self_attn.attend(c, &h, &k, &v, &self_bias, &mut dropout)?;
             x = (x + drop(y, &mut dropout)?)?;
 
-            let p = format!("decoder.block.{l}.layer.1");
-            let h = rms_norm(&x, self.w(&format!("{p}.layer_norm.weight")), c.layer_norm_epsilon)?;
+            let h = rms_norm(&x, &blk.cross_norm, c.layer_norm_epsilon)?;
             let cached = cache.as_deref().and_then(|cc| cc.cross_kv[l].clone());
             let (k, v) = match cached {
                 Some(kv) => kv,
                 None => {
-                    let kv = self.keys_values(&format!("{p}.EncDecAttention"), enc)?;
+                    let kv = blk.cross_attn.keys_values(c, enc)?;
                     if let Some(cc) = cache.as_deref_mut() {
                         cc.cross_kv[l] = Some((kv.0.detach(), kv.1.detach()));
                     }
                     kv
                 }
             };
-            let y = self.attend(&format!("{p}.EncDecAttention"), &h, &k, &v, &cross_bias, &mut dropout)?;
+            let y = blk.cross_attn.attend(c, &h, &k, &v, &cross_bias, &mut dropout)?;
             x = (x + drop(y, &mut dropout)?)?;
-            x = self.feed_forward(&format!("decoder.block.{l}.layer.2"), &x, &mut dropout)?;
+            x = blk.ff.forward(c, &x, &mut dropout)?;
         }
-        let x = rms_norm(&x, self.w("decoder.final_layer_norm.weight"), c.layer_norm_epsilon)?;
+        let x = rms_norm(&x, &self.decoder_norm, c.layer_norm_epsilon)?;
         let x = drop(x, &mut dropout)?;
-        let logits = match self.p.get("lm_head.weight") {
-            Some(head) => linear(&x, head, None)?,
-            None => linear(&(x * (c.d_model as f64).powf(-0.5))?, self.w("shared.weight"), None)?,
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(&x)?,
+            None => linear(&(x * (c.d_model as f64).powf(-0.5))?, &self.shared, None)?,
         };
-        logits.to_dtype(crate::llama::widened(dtype))
+        logits.to_dtype(crate::layers::widened(dtype))
     }
 
     /// Teacher-forced logits `(b, t_dec, vocab)`.

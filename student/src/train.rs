@@ -18,7 +18,7 @@ use stepwise_datasets::answer::labels_match;
 use crate::data::{DataOrder, Sequence, StudyExample, Task, prompt, tokenize};
 use crate::error::{Result, StudentError, io};
 use crate::generate::generate;
-use crate::optim::{AdamW, AdamWConfig, Grads, clip_global_norm, lr_at};
+use crate::optim::{AdamW, AdamWConfig, Grads, accumulate, clip_global_norm, lr_at};
 use crate::params::{Dropout, ParamStore};
 use crate::student::{Model, Student, write_dir_atomically};
 
@@ -316,27 +316,13 @@ pub fn train(
         let mut grads: Grads = Grads::new();
         let (mut loss_sum, mut label_sum, mut rat_sum, mut rat_n) = (0.0, 0.0, 0.0, 0);
         for micro in 0..cfg.grad_accum {
-            let base = ((step - 1) * cfg.grad_accum as u64 + micro as u64) * cfg.batch_size as u64;
-            let batch: Vec<&Sequence> = (0..cfg.batch_size as u64)
-                .flat_map(|k| seqs[order.at(base + k)].iter())
-                .collect();
+            let batch = micro_batch(&seqs, &mut order, cfg, step, micro);
             state.tokens_seen += batch.iter().map(|s| s.ids.len() as u64).sum::<u64>();
             let mut dropout = (cfg.dropout > 0.0 && step >= cfg.dropout_from_step)
                 .then(|| Dropout::new(cfg.dropout, cfg.seed ^ (step << 8) ^ micro as u64 ^ 0xD0));
             let losses = batch_loss(student, &batch, cfg.alpha, dropout.as_mut(), dtype)?;
             let scaled = (&losses.total / cfg.grad_accum as f64)?;
-            let g = scaled.backward()?;
-            for (name, var) in student.params.vars() {
-                if let Some(gt) = g.get(var.as_tensor()) {
-                    let v: Vec<f32> = gt.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-                    match grads.get_mut(name) {
-                        Some(acc) => acc.iter_mut().zip(v).for_each(|(a, b)| *a += b),
-                        None => {
-                            grads.insert(name.clone(), v);
-                        }
-                    }
-                }
-            }
+            accumulate(&mut grads, &student.params, &scaled.backward()?)?;
             loss_sum += losses.total.to_scalar::<f32>()? as f64;
             label_sum += losses.label;
             if let Some(r) = losses.rationale {
@@ -429,6 +415,22 @@ pub fn train(
         parameters: student.params.num_parameters(),
     };
     Ok(summary)
+}
+
+/// The sequences of micro-batch `micro` of optimisation step `step`
+/// (1-based): both tasks of `batch_size` examples, taken from the seeded
+/// order, so a resumed run sees exactly the batches it would have.
+pub fn micro_batch<'a>(
+    seqs: &'a [Vec<Sequence>],
+    order: &mut DataOrder,
+    cfg: &TrainConfig,
+    step: u64,
+    micro: usize,
+) -> Vec<&'a Sequence> {
+    let base = ((step - 1) * cfg.grad_accum as u64 + micro as u64) * cfg.batch_size as u64;
+    (0..cfg.batch_size as u64)
+        .flat_map(|k| seqs[order.at(base + k)].iter())
+        .collect()
 }
 
 /// Losses of one micro-batch.

@@ -1,0 +1,71 @@
+//! Parquet rationale shards: one row per teacher sample, plain Parquet that
+//! pyarrow, pandas, DuckDB, Polars and HF `datasets` read with no help.
+//!
+//! A [`ShardSet`] is a directory of `part-NNNNN.parquet` files, a
+//! `_manifest.json` listing each with rows, bytes and sha256, and a
+//! `_pending.jsonl` journal. Rows are journaled (and fsynced) when appended,
+//! then sealed into a shard written to a temporary name, fsynced and renamed:
+//! a reader never sees half a shard, and a killed writer loses nothing it
+//! acknowledged. On reopening, the journal is replayed and every row whose
+//! `(example_id, sample_index)` is already in a shard is dropped, so a resumed
+//! run never writes a duplicate.
+
+mod file;
+mod manifest;
+mod row;
+mod set;
+mod validate;
+
+pub use file::*;
+pub use manifest::*;
+pub use row::*;
+pub use set::*;
+pub use validate::*;
+
+#[allow(unused_imports)]
+use crate::error::{DataError, Result};
+#[allow(unused_imports)]
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, BooleanBuilder, Float32Array, Int64Array, ListArray, ListBuilder, RecordBatch,
+    StringArray, StringBuilder, TimestampMillisecondArray, UInt32Array,
+};
+#[allow(unused_imports)]
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+#[allow(unused_imports)]
+use parquet::arrow::ArrowWriter;
+#[allow(unused_imports)]
+use parquet::arrow::ProjectionMask;
+#[allow(unused_imports)]
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+#[allow(unused_imports)]
+use parquet::file::metadata::KeyValue;
+#[allow(unused_imports)]
+use parquet::file::properties::WriterProperties;
+#[allow(unused_imports)]
+use serde::{Deserialize, Serialize};
+#[allow(unused_imports)]
+use sha2::{Digest, Sha256};
+#[allow(unused_imports)]
+use std::collections::{BTreeMap, HashSet};
+#[allow(unused_imports)]
+use std::fs::{self, File, OpenOptions};
+#[allow(unused_imports)]
+use std::io::{Read, Write};
+#[allow(unused_imports)]
+use std::path::{Path, PathBuf};
+#[allow(unused_imports)]
+use std::sync::{Arc, OnceLock};
+
+/// Bumped when a column is added, removed or changes meaning.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Footer key holding [`SCHEMA_VERSION`].
+pub const SCHEMA_VERSION_KEY: &str = "stepwise.schema_version";
+/// Footer key marking the file as a rationale shard.
+pub use crate::table::KIND_KEY;
+pub const KIND: &str = "rationale_shard";
+pub const MANIFEST_FILE: &str = "_manifest.json";
+pub const JOURNAL_FILE: &str = "_pending.jsonl";
+/// The journal line that closes one [`ShardSet::append`]: rows before it are
+/// replayed only when it is there, so an append is all or nothing (all the
+/// samples of an example, or none).
+pub const JOURNAL_COMMIT: &str = "#commit";
