@@ -16,11 +16,11 @@ use stepwise_student::generate::{Decode, decode_batch};
 use stepwise_student::gguf::load_for_inference;
 use stepwise_student::llama::Llama;
 use stepwise_student::{ChatMessage, StudentTokenizer};
-use stepwise_teacher::server::{Backend, ChatModel, ModelJob, ModelOutput};
+use stepwise_teacher::server::{ArithTeacher, ChatModel, ModelJob, ModelOutput};
 
 use crate::config::LocalBackend;
 
-/// What answers on the local server for `backend`: the solver or the
+/// The model the local server serves for `backend`: the solver or the
 /// mimic, or (`gguf`) the model in `gguf`, on `device`. `gguf_key` names the
 /// setting to give when the file is missing.
 pub fn local_backend(
@@ -28,16 +28,15 @@ pub fn local_backend(
     gguf: Option<&Path>,
     device: &str,
     gguf_key: &str,
-) -> Result<(Backend, Option<Arc<dyn ChatModel>>)> {
-    match backend {
-        LocalBackend::Solver => Ok((Backend::Solver, None)),
-        LocalBackend::Mimic => Ok((Backend::Mimic, None)),
+) -> Result<Arc<dyn ChatModel>> {
+    Ok(match backend {
+        LocalBackend::Solver => Arc::new(ArithTeacher::Solver),
+        LocalBackend::Mimic => Arc::new(ArithTeacher::Mimic),
         LocalBackend::Gguf => {
             let path = gguf.with_context(|| format!("{gguf_key}: required with the gguf backend"))?;
-            let model: Arc<dyn ChatModel> = Arc::new(GgufTeacher::open(path, device)?);
-            Ok((Backend::Solver, Some(model)))
+            Arc::new(GgufTeacher::open(path, device)?)
         }
-    }
+    })
 }
 
 /// The name a GGUF model is served under: its file name without `.gguf`.
@@ -129,7 +128,7 @@ impl ChatModel for GgufTeacher {
             .map(|(i, _)| Decode {
                 max_new_tokens: jobs[*i].max_tokens as usize,
                 temperature: jobs[*i].temperature,
-                seed: jobs[*i].seed,
+                seed: jobs[*i].seed(),
                 stop: jobs[*i].stop.clone(),
             })
             .collect();

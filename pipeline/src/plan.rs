@@ -280,3 +280,45 @@ impl Plan {
         FileDigests::open(&self.dir.file_digests())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The presets and the commented default resolve, and the commented
+    /// default is the embedded default.
+    #[test]
+    fn every_example_config_resolves_and_the_commented_one_is_the_default() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                let cfg = RunConfig::load(&p).unwrap_or_else(|e| panic!("{e:#}"));
+                // Prompt directories are relative to the repository root.
+                let root = dir.join("..");
+                let mut cfg = cfg;
+                if let Some(pd) = &cfg.teacher.prompt_dir {
+                    cfg.teacher.prompt_dir = Some(root.join(pd));
+                }
+                Plan::resolve(cfg, RunDir::new("/nonexistent")).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 4, "{n} presets");
+        let commented = RunConfig::load(&dir.join("stepwise.toml")).unwrap();
+        assert_eq!(commented, RunConfig::default());
+    }
+
+    #[test]
+    fn a_wrong_kind_names_the_allowed_values() {
+        let e = toml::from_str::<RunConfig>("[student]\narch = \"gpt\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gpt") && e.contains("`llama`") && e.contains("`t5`"), "{e}");
+        let e = toml::from_str::<RunConfig>("[students]\nvariants = [\"distil\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("distill") && e.contains("label-gold"), "{e}");
+    }
+}

@@ -7,7 +7,7 @@ use stepwise_datasets::arith::{ArithSpec, check_solution, generate};
 use stepwise_datasets::shard::read_dir_rows;
 use stepwise_teacher::prompt::Prompts;
 use stepwise_teacher::protocol::{ChatRequest, Message};
-use stepwise_teacher::server::{self, Backend, Fault, Faults, ServerConfig};
+use stepwise_teacher::server::{self, ArithTeacher, Fault, Faults, ServerConfig};
 use stepwise_teacher::stage::{Price, TeachConfig, paths_in, teach};
 use stepwise_teacher::{ClientConfig, TeacherClient, TeacherError};
 
@@ -82,11 +82,11 @@ async fn server_with(faults: Faults) -> server::LocalServer {
 #[tokio::test]
 async fn the_solver_answers_exactly_and_the_mimic_wrongly_in_the_same_format() {
     let ex = &examples(1)[0];
-    for (backend, right) in [(Backend::Solver, true), (Backend::Mimic, false)] {
+    for (teacher, right) in [(ArithTeacher::Solver, true), (ArithTeacher::Mimic, false)] {
         let srv = server::start(
             "127.0.0.1:0",
             ServerConfig {
-                backend,
+                model: std::sync::Arc::new(teacher),
                 ..Default::default()
             },
         )
@@ -96,7 +96,7 @@ async fn the_solver_answers_exactly_and_the_mimic_wrongly_in_the_same_format() {
         let got = c.complete(&req(&ex.input), 100).await.unwrap();
         let text = &got.response.choices[0].message.content;
         let ans = extract_answer(text).unwrap();
-        assert_eq!(ans == ex.label, right, "{backend:?}: {text}");
+        assert_eq!(ans == ex.label, right, "{teacher:?}: {text}");
         assert!(text.starts_with("There are ") && text.contains(" = "), "{text}");
         if right {
             check_solution(text).unwrap();
@@ -318,7 +318,7 @@ fn the_mimic_is_wrong_and_well_formed_on_nearly_every_problem() {
     let ex = examples(500);
     let mut chained = 0;
     for e in &ex {
-        let text = server::answer(Backend::Mimic, &e.input, 7);
+        let text = ArithTeacher::Mimic.answer(&e.input, 7);
         let ans = extract_answer(&text).unwrap();
         assert_ne!(ans, e.label, "{text}");
         if check_solution(&text).is_ok() {

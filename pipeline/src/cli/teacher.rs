@@ -124,10 +124,9 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     pub fn config(&self) -> Result<ServerConfig> {
-        let (backend, model) =
+        let model =
             crate::gguf_teacher::local_backend(self.backend, self.gguf.as_deref(), &self.device, "--gguf FILE")?;
         Ok(ServerConfig {
-            backend,
             model,
             max_batch: self.max_batch,
             latency: Duration::from_millis(self.latency_ms),

@@ -50,10 +50,8 @@ pub fn run(plan: &Plan, tc: TeachConfig) -> Result<()> {
                 max_batch,
                 device,
             } => {
-                let (backend, model) =
-                    crate::gguf_teacher::local_backend(*backend, gguf.as_deref(), device, "teacher.gguf")?;
+                let model = crate::gguf_teacher::local_backend(*backend, gguf.as_deref(), device, "teacher.gguf")?;
                 let sc = ServerConfig {
-                    backend,
                     model,
                     seed: plan.seed,
                     max_batch: *max_batch,
