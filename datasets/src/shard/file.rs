@@ -1,6 +1,21 @@
 //! One shard file: written atomically, read back with its footer and schema checked.
 
-use super::*;
+use super::row::*;
+use super::{KIND, KIND_KEY, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
+use crate::error::{DataError, Result};
+use arrow::array::{Array, StringArray, UInt32Array};
+use arrow::datatypes::DataType;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
 
 /// Writer settings for any stepwise Parquet file: zstd, dictionary encoding.
 pub fn writer_properties_plain() -> WriterProperties {

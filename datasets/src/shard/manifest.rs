@@ -1,6 +1,11 @@
 //! `_manifest.json`: what a shard directory holds, and the identity of what produced it.
 
-use super::*;
+use super::file::*;
+use super::{MANIFEST_FILE, SCHEMA_VERSION};
+use crate::error::{DataError, Result};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::path::Path;
 
 /// `_manifest.json`: what a shard directory holds and what produced it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

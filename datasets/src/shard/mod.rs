@@ -22,40 +22,6 @@ pub use row::*;
 pub use set::*;
 pub use validate::*;
 
-#[allow(unused_imports)]
-use crate::error::{DataError, Result};
-#[allow(unused_imports)]
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, BooleanBuilder, Float32Array, Int64Array, ListArray, ListBuilder, RecordBatch,
-    StringArray, StringBuilder, TimestampMillisecondArray, UInt32Array,
-};
-#[allow(unused_imports)]
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-#[allow(unused_imports)]
-use parquet::arrow::ArrowWriter;
-#[allow(unused_imports)]
-use parquet::arrow::ProjectionMask;
-#[allow(unused_imports)]
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-#[allow(unused_imports)]
-use parquet::file::metadata::KeyValue;
-#[allow(unused_imports)]
-use parquet::file::properties::WriterProperties;
-#[allow(unused_imports)]
-use serde::{Deserialize, Serialize};
-#[allow(unused_imports)]
-use sha2::{Digest, Sha256};
-#[allow(unused_imports)]
-use std::collections::{BTreeMap, HashSet};
-#[allow(unused_imports)]
-use std::fs::{self, File, OpenOptions};
-#[allow(unused_imports)]
-use std::io::{Read, Write};
-#[allow(unused_imports)]
-use std::path::{Path, PathBuf};
-#[allow(unused_imports)]
-use std::sync::{Arc, OnceLock};
-
 /// Bumped when a column is added, removed or changes meaning.
 pub const SCHEMA_VERSION: u32 = 1;
 /// Footer key holding [`SCHEMA_VERSION`].

@@ -1,6 +1,13 @@
 //! The shard schema: one [`RationaleRow`] per teacher sample, to and from Arrow.
 
-use super::*;
+use super::{KIND, KIND_KEY, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, BooleanBuilder, Float32Array, Int64Array, ListArray, ListBuilder, RecordBatch,
+    StringArray, StringBuilder, TimestampMillisecondArray, UInt32Array,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, OnceLock};
 
 /// One teacher sample for one example.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

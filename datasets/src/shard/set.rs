@@ -1,7 +1,13 @@
 //! [`ShardSet`]: a directory of shards being written, journaled so a killed
 //! writer loses nothing it acknowledged and a resumed one writes no duplicate.
 
-use super::*;
+use super::{JOURNAL_COMMIT, JOURNAL_FILE};
+use super::{file::*, manifest::*, row::*};
+use crate::error::{DataError, Result};
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 /// A directory of rationale shards being written, resumable after a crash.
 pub struct ShardSet {

@@ -1,6 +1,11 @@
 //! Reading a whole shard directory, and checking it.
 
-use super::*;
+use super::MANIFEST_FILE;
+use super::{file::*, manifest::*, row::*};
+use crate::error::{DataError, Result};
+use std::collections::HashSet;
+use std::fs;
+use std::path::Path;
 
 /// Every row of every shard listed in `dir`'s manifest, in shard order.
 pub fn read_dir_rows(dir: &Path) -> Result<Vec<RationaleRow>> {
