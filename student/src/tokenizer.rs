@@ -142,9 +142,11 @@ impl StudentTokenizer {
         Ok(tok)
     }
 
-    /// Writes `tokenizer.json` and, beside it, `tokenizer_config.json`.
+    /// Writes `tokenizer.json` and, beside it, `tokenizer_config.json`,
+    /// each atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        self.inner.save(path, false).map_err(tok_err(path.display()))?;
+        let json = self.inner.to_string(false).map_err(tok_err(path.display()))?;
+        stepwise_datasets::atomic::write_bytes(path, json.as_bytes())?;
         let name = |id: u32| self.inner.id_to_token(id);
         let cfg = TokenizerConfig {
             eos_token: name(self.eos_id),
@@ -153,7 +155,8 @@ impl StudentTokenizer {
             chat_template: self.chat_template.clone(),
         };
         let p = path.with_file_name(CONFIG_FILE);
-        std::fs::write(&p, serde_json::to_string_pretty(&cfg).expect("serialises")).map_err(io(&p))
+        let cfg = serde_json::to_string_pretty(&cfg).expect("serialises");
+        Ok(stepwise_datasets::atomic::write_bytes(&p, cfg.as_bytes())?)
     }
 
     /// The prompt a chat model expects for `messages`, from its own template,
