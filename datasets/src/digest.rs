@@ -15,17 +15,24 @@ use crate::error::{DataError, Result};
 
 /// The sha256 of a file's content, as hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
+    Ok(sha256_and_len(path)?.0)
+}
+
+/// The sha256 of a file's content, as hex, and the bytes it read.
+pub fn sha256_and_len(path: &Path) -> Result<(String, u64)> {
     let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
     loop {
         let n = f.read(&mut buf).map_err(|e| DataError::io(path, e))?;
         if n == 0 {
             break;
         }
         h.update(&buf[..n]);
+        len += n as u64;
     }
-    Ok(hex::encode(h.finalize()))
+    Ok((hex::encode(h.finalize()), len))
 }
 
 /// A short hex hash of any serialisable value: the identities of stages.

@@ -4,7 +4,6 @@ use crate::error::{DataError, Result};
 use crate::example::{Example, LabelKind, Split};
 use arrow::array::{Array, ArrayRef, ListArray, ListBuilder, RecordBatch, StringArray, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -61,15 +60,7 @@ pub fn write_examples(path: &Path, examples: &[Example]) -> Result<()> {
         col(&|e| e.reference_rationale.as_deref()),
     ];
     let batch = RecordBatch::try_new(schema(), columns).map_err(|e| DataError::arrow(path, e))?;
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-    }
-    crate::atomic::write_file_with(path, |file| {
-        let mut w = ArrowWriter::try_new(file, schema(), Some(crate::shard::writer_properties_plain()))
-            .map_err(std::io::Error::other)?;
-        w.write(&batch).map_err(std::io::Error::other)?;
-        w.into_inner().map_err(std::io::Error::other)
-    })
+    crate::table::write_parquet(path, schema(), [batch], crate::table::writer_properties_plain())
 }
 
 /// Reads examples written by [`write_examples`].

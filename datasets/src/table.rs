@@ -22,6 +22,11 @@ pub fn base_properties() -> WriterPropertiesBuilder {
         .set_created_by(format!("stepwise {}", env!("CARGO_PKG_VERSION")))
 }
 
+/// Writer settings for any stepwise Parquet file with nothing in its footer.
+pub fn writer_properties_plain() -> WriterProperties {
+    base_properties().build()
+}
+
 /// [`base_properties`] with `stepwise.kind = kind` and `extra` in the footer.
 pub fn properties_of_kind(kind: &str, extra: &[(&str, String)]) -> WriterProperties {
     let mut kv = vec![KeyValue::new(KIND_KEY.to_string(), kind.to_string())];
@@ -30,14 +35,21 @@ pub fn properties_of_kind(kind: &str, extra: &[(&str, String)]) -> WriterPropert
 }
 
 /// Writes `batches` as one Parquet file, atomically (see [`crate::atomic`]).
-pub fn write_parquet(path: &Path, schema: SchemaRef, batches: &[RecordBatch], props: WriterProperties) -> Result<()> {
+/// Batches are made as they are written, so a caller that converts rows in
+/// chunks holds one chunk's batch at a time.
+pub fn write_parquet(
+    path: &Path,
+    schema: SchemaRef,
+    batches: impl IntoIterator<Item = RecordBatch>,
+    props: WriterProperties,
+) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     }
     crate::atomic::write_file_with(path, |file| {
         let mut w = ArrowWriter::try_new(file, schema, Some(props)).map_err(std::io::Error::other)?;
         for b in batches {
-            w.write(b).map_err(std::io::Error::other)?;
+            w.write(&b).map_err(std::io::Error::other)?;
         }
         w.into_inner().map_err(std::io::Error::other)
     })

@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::{GenerateArgs, TeachArgs};
 use crate::config::{EXAMPLE, RunConfig};
-use crate::plan::{Plan, Start};
+use crate::plan::Plan;
 use crate::preflight::{self, TeacherCheck};
 use crate::run_dir::RunDir;
 use crate::stages;
@@ -141,9 +141,7 @@ pub fn init(path: Option<PathBuf>) -> Result<()> {
 
 pub fn train(dir: &Path, only: Option<Variant>) -> Result<()> {
     let plan = plan_of_run(dir)?;
-    if let Start::Pretrained(p) = &plan.students.start {
-        Student::inspect(p).with_context(|| format!("student.init = {}", p.display()))?;
-    }
+    preflight::check_student(&plan)?;
     let mut digests = plan.digests();
     stages::train::run(&plan, only, &mut digests)?;
     digests.save()?;

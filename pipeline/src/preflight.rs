@@ -46,10 +46,7 @@ pub fn check(plan: &Plan, digests: &mut FileDigests, teacher: TeacherCheck) -> R
     }
     let data_identity = plan.data.identity(digests)?;
 
-    if let Start::Pretrained(p) = &plan.students.start {
-        Student::inspect(p).with_context(|| format!("student.init = {}", p.display()))?;
-    }
-    stepwise_student::device::pick_device(&plan.students.device).context("student.device")?;
+    check_student(plan)?;
 
     let teach = plan.teach_config(digests)?;
     if let Endpoint::Local {
@@ -79,6 +76,16 @@ pub fn check(plan: &Plan, digests: &mut FileDigests, teacher: TeacherCheck) -> R
             .block_on(client.preflight(REACH_TIMEOUT))?;
     }
     Ok(Checked { data_identity, teach })
+}
+
+/// `student.init` is a model stepwise can load (its config and tokenizer,
+/// not its weights), and `student.device` exists.
+pub fn check_student(plan: &Plan) -> Result<()> {
+    if let Start::Pretrained(p) = &plan.students.start {
+        Student::inspect(p).with_context(|| format!("student.init = {}", p.display()))?;
+    }
+    stepwise_student::device::pick_device(&plan.students.device).context("student.device")?;
+    Ok(())
 }
 
 /// When the teacher must answer.

@@ -20,6 +20,9 @@ use stepwise_teacher::stage::TeachPaths;
 
 use crate::model_id::StudentId;
 
+/// Where a model directory records the identity of the run that made it.
+pub const IDENTITY_FILE: &str = "identity.json";
+
 #[derive(Debug, Clone)]
 pub struct RunDir {
     root: PathBuf,
@@ -69,6 +72,11 @@ impl RunDir {
         self.students().join("base")
     }
 
+    /// The untrained student's identity, kept inside its directory.
+    pub fn base_identity(&self) -> PathBuf {
+        self.base().join(IDENTITY_FILE)
+    }
+
     /// A trained student's directory.
     pub fn student(&self, s: StudentId) -> PathBuf {
         self.students().join(s.to_string())
@@ -80,7 +88,7 @@ impl RunDir {
     }
 
     pub fn student_identity(&self, s: StudentId) -> PathBuf {
-        self.student(s).join("identity.json")
+        self.student(s).join(IDENTITY_FILE)
     }
 
     pub fn student_summary(&self, s: StudentId) -> PathBuf {

@@ -132,12 +132,7 @@ impl Student {
 
     /// Loads an HF-style directory.
     pub fn load_dir(dir: &Path, device: &Device) -> Result<Student> {
-        let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?;
-        let config = ModelConfig::from_json(&text).map_err(|msg| StudentError::Format {
-            path: cfg_path.clone(),
-            msg,
-        })?;
+        let config = read_config(dir)?;
         let params = ParamStore::load(&dir.join("model.safetensors"), &config.parameter_shapes(), device)?;
         let tokenizer = StudentTokenizer::load(&dir.join("tokenizer.json"))?;
         let model = config.build(&params)?;
@@ -199,12 +194,7 @@ impl Student {
                 msg: "not a directory with config.json, model.safetensors and tokenizer.json, nor a .gguf file".into(),
             });
         }
-        let cfg_path = path.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?;
-        let config = ModelConfig::from_json(&text).map_err(|msg| StudentError::Format {
-            path: cfg_path.clone(),
-            msg,
-        })?;
+        let config = read_config(path)?;
         let weights = path.join("model.safetensors");
         std::fs::metadata(&weights).map_err(io(&weights))?;
         StudentTokenizer::load(&path.join("tokenizer.json"))?;
@@ -234,6 +224,13 @@ impl Student {
         }
         Ok(())
     }
+}
+
+/// A model directory's `config.json`; errors name the file.
+fn read_config(dir: &Path) -> Result<ModelConfig> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    ModelConfig::from_json(&text).map_err(|msg| StudentError::Format { path, msg })
 }
 
 fn is_gguf(path: &Path) -> bool {

@@ -1,37 +1,21 @@
 //! One shard file: written atomically, read back with its footer and schema checked.
 
 use super::row::*;
-use super::{KIND, KIND_KEY, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
+use super::{KIND, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
 use crate::error::{DataError, Result};
 use arrow::array::{Array, StringArray, UInt32Array};
 use arrow::datatypes::DataType;
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Read;
 use std::path::Path;
 
-/// Writer settings for any stepwise Parquet file: zstd, dictionary encoding.
-pub fn writer_properties_plain() -> WriterProperties {
-    base_properties().build()
-}
-
-use crate::table::base_properties;
-
-/// Shard writer settings: as [`writer_properties_plain`], plus the schema version in the footer.
+/// Shard writer settings: zstd, the kind and the schema version in the footer.
 pub fn writer_properties() -> WriterProperties {
-    base_properties()
-        .set_key_value_metadata(Some(vec![
-            KeyValue::new(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string()),
-            KeyValue::new(KIND_KEY.to_string(), KIND.to_string()),
-        ]))
-        .build()
+    crate::table::properties_of_kind(KIND, &[(SCHEMA_VERSION_KEY, SCHEMA_VERSION.to_string())])
 }
 
 /// Rows per record batch handed to the Parquet writer (bounds memory for big shards).
@@ -40,38 +24,13 @@ const BATCH_ROWS: usize = 65_536;
 /// Writes `rows` as one shard at `path`, atomically: a temporary file in the
 /// same directory, flushed and fsynced, then renamed over `path`.
 pub fn write_shard(path: &Path, rows: &[RationaleRow]) -> Result<ShardInfo> {
-    crate::atomic::write_file_with(path, |file| {
-        let mut w = ArrowWriter::try_new(file, schema(), Some(writer_properties())).map_err(std::io::Error::other)?;
-        for chunk in rows.chunks(BATCH_ROWS) {
-            w.write(&rows_to_batch(chunk)).map_err(std::io::Error::other)?;
-        }
-        w.into_inner().map_err(std::io::Error::other)
-    })?;
+    let batches = rows.chunks(BATCH_ROWS).map(rows_to_batch);
+    crate::table::write_parquet(path, schema(), batches, writer_properties())?;
     shard_info(path, rows.len())
 }
 
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    crate::atomic::sync_dir(dir)
-}
-
-pub(crate) fn sha256_file(path: &Path) -> Result<(String, u64)> {
-    let mut f = File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf).map_err(|e| DataError::io(path, e))?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((hex::encode(h.finalize()), n))
-}
-
 pub(crate) fn shard_info(path: &Path, rows: usize) -> Result<ShardInfo> {
-    let (sha256, bytes) = sha256_file(path)?;
+    let (sha256, bytes) = crate::digest::sha256_and_len(path)?;
     Ok(ShardInfo {
         file: path.file_name().unwrap_or_default().to_string_lossy().into_owned(),
         rows: rows as u64,

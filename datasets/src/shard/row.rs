@@ -1,6 +1,7 @@
 //! The shard schema: one [`RationaleRow`] per teacher sample, to and from Arrow.
 
 use super::{KIND, KIND_KEY, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
+use crate::table::opt_str;
 use arrow::array::{
     Array, ArrayRef, BooleanArray, BooleanBuilder, Float32Array, Int64Array, ListArray, ListBuilder, RecordBatch,
     StringArray, StringBuilder, TimestampMillisecondArray, UInt32Array,
@@ -165,10 +166,6 @@ pub(crate) fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> &'a T {
     b.column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())
         .expect("schema checked before conversion")
-}
-
-pub(crate) fn opt_str(a: &StringArray, i: usize) -> Option<String> {
-    a.is_valid(i).then(|| a.value(i).to_string())
 }
 
 /// A record batch in the shard schema back to rows.

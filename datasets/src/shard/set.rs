@@ -131,17 +131,12 @@ impl ShardSet {
             rec.torn_tail = torn;
         }
         // Rewrite the journal with exactly the pending rows, atomically.
-        let tmp = dir.join(format!(".{JOURNAL_FILE}.tmp"));
-        {
-            let mut f = File::create(&tmp).map_err(|e| DataError::io(&tmp, e))?;
-            if !pending.is_empty() {
-                f.write_all(&journal_group(&pending)?)
-                    .map_err(|e| DataError::io(&tmp, e))?;
-            }
-            f.sync_all().map_err(|e| DataError::io(&tmp, e))?;
-        }
-        fs::rename(&tmp, &journal_path).map_err(|e| DataError::io(&journal_path, e))?;
-        sync_dir(dir)?;
+        let body = if pending.is_empty() {
+            Vec::new()
+        } else {
+            journal_group(&pending)?
+        };
+        crate::atomic::write_bytes(&journal_path, &body)?;
         let journal = OpenOptions::new()
             .append(true)
             .open(&journal_path)

@@ -33,7 +33,7 @@ pub fn validate_dir(dir: &Path) -> Result<Vec<Problem>> {
     let mut total = 0;
     for s in &m.shards {
         let path = dir.join(&s.file);
-        match sha256_file(&path) {
+        match crate::digest::sha256_and_len(&path) {
             Err(e) => {
                 problems.push(Problem(e.to_string()));
                 continue;

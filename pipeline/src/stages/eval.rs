@@ -190,7 +190,7 @@ pub fn write_predictions(path: &Path, preds: &[Prediction]) -> Result<()> {
             )),
         ],
     )?;
-    write_parquet(path, schema(), &[batch], properties_of_kind(PREDICTIONS_KIND, &[]))?;
+    write_parquet(path, schema(), [batch], properties_of_kind(PREDICTIONS_KIND, &[]))?;
     Ok(())
 }
 

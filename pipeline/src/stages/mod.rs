@@ -75,13 +75,13 @@ pub fn mark_done(dir: &RunDir, stage: Stage, identity: &str) -> Result<()> {
     std::fs::create_dir_all(p.parent().expect("has parent"))?;
     let rec = StageRecord {
         identity: identity.into(),
-        finished_at: chrono_now(),
+        finished_at: unix_seconds(),
     };
     stepwise_datasets::atomic::write_bytes(&p, &serde_json::to_vec_pretty(&rec)?)?;
     Ok(())
 }
 
-fn chrono_now() -> String {
+fn unix_seconds() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -22,7 +22,7 @@ use super::{Stage, bar, mark_done};
 use crate::config::Arch;
 use crate::model_id::StudentId;
 use crate::plan::{Plan, Start};
-use crate::run_dir::RunDir;
+use crate::run_dir::{IDENTITY_FILE, RunDir};
 
 /// What a student directory records about the run that fills it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -236,11 +236,11 @@ pub fn run(plan: &Plan, only: Option<Variant>, digests: &mut FileDigests) -> Res
         identity: prep.base_identity.clone(),
         examples: 0,
     };
-    if read_record(&base_dir.join("identity.json")).as_ref() != Some(&base_record) {
+    if read_record(&dir.base_identity()).as_ref() != Some(&base_record) {
         let base = base_student(plan, &prep.tokenizer, &device)?;
         stepwise_datasets::atomic::replace_dir(&base_dir, |tmp| {
             base.write_files(tmp)?;
-            std::fs::write(tmp.join("identity.json"), serde_json::to_vec_pretty(&base_record)?)?;
+            std::fs::write(tmp.join(IDENTITY_FILE), serde_json::to_vec_pretty(&base_record)?)?;
             anyhow::Ok(())
         })?;
     }
@@ -313,7 +313,7 @@ fn identity(prep: &Prepared, runs: &[(StudentId, String, Vec<stepwise_student::S
 pub fn trained_identities(plan: &Plan) -> Result<Vec<(String, String)>> {
     let dir = &plan.dir;
     let mut out = Vec::new();
-    let base = read_record(&dir.base().join("identity.json")).with_context(|| {
+    let base = read_record(&dir.base_identity()).with_context(|| {
         format!(
             "{}: no untrained student; run the train stage first",
             dir.base().display()
