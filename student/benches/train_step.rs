@@ -6,6 +6,13 @@
 //!
 //! `cargo bench -p stepwise-student --bench train_step -- t5 [d_model layers heads d_ff vocab batch src tgt steps]`
 //! Default: t5-small's shape (512, 6+6 layers, 8 heads, relu 2048, 32128), batch 16 × 64 → 64.
+//!
+//! `smollm2-135m` takes SmolLM2-135M's shape (576, 30 layers, 9/3 heads, mlp
+//! 1536, vocab 49152, rope theta 1e5) with batch and seq from the numbers
+//! after it (`smollm2-135m 8 128 3`). `lora` (with either decoder form)
+//! freezes the weights and trains rank-8 adapters (alpha 16) on every
+//! projection, as `bench/train_step_torch.py lora` does with PEFT. Every form
+//! ends with the process's peak resident memory.
 
 use std::time::Instant;
 
@@ -14,7 +21,9 @@ use std::time::Instant;
 static GLOBAL: stepwise_student::alloc::MiMalloc = stepwise_student::alloc::MiMalloc;
 
 use candle_core::{D, DType, Device, Tensor};
+use stepwise_student::ModelConfig;
 use stepwise_student::llama::{Config, Llama};
+use stepwise_student::lora::{Adapters, LoraConfig};
 use stepwise_student::ops::nll_rows;
 use stepwise_student::optim::{AdamW, AdamWConfig, Grads, accumulate};
 use stepwise_student::params::ParamStore;
@@ -57,17 +66,54 @@ fn main() -> Res<()> {
         };
         return time_steps(&params, steps, batch * (src + tgt), loss);
     }
-    let (hidden, layers, heads, kv, inter, vocab) =
-        (get(0, 512), get(1, 6), get(2, 8), get(3, 4), get(4, 1376), get(5, 8192));
-    let (batch, seq, steps) = (get(6, 8), get(7, 128), get(8, 5));
+    let smollm = raw.iter().any(|a| a == "smollm2-135m");
+    let lora = raw.iter().any(|a| a == "lora");
+    let (shape, rest) = match smollm {
+        true => ((576, 30, 9, 3, 1536, 49152), 0),
+        false => (
+            (get(0, 512), get(1, 6), get(2, 8), get(3, 4), get(4, 1376), get(5, 8192)),
+            6,
+        ),
+    };
+    let (hidden, layers, heads, kv, inter, vocab) = shape;
+    let (batch, seq, steps) = (get(rest, 8), get(rest + 1, 128), get(rest + 2, 5));
     let mut cfg = Config::tiny(vocab, hidden, layers, heads, kv);
     cfg.intermediate_size = inter;
     cfg.max_position_embeddings = seq + 1;
+    if smollm {
+        cfg.rope_theta = 100000.0;
+    }
     let params = ParamStore::init(&cfg.parameter_shapes(), 0.02, 0, &dev)?;
-    let model = Llama::new(&cfg, &params)?;
+    let adapters = match lora {
+        true => {
+            let l = LoraConfig::default();
+            let a = Adapters::init(
+                &ModelConfig::Llama(cfg.clone()),
+                &l,
+                std::path::Path::new("base"),
+                0,
+                &dev,
+            )?;
+            Some(a)
+        }
+        false => None,
+    };
+    let model = match &adapters {
+        Some(a) => Llama::with_adapters(&cfg, &params, a)?,
+        None => Llama::new(&cfg, &params)?,
+    };
     println!(
-        "decoder: {:.1}M parameters (hidden {hidden}, {layers} layers, {heads}/{kv} heads, mlp {inter}, vocab {vocab}); batch {batch} x {seq}; threads {threads}",
-        params.num_parameters() as f64 / 1e6
+        "decoder{}: {:.1}M parameters (hidden {hidden}, {layers} layers, {heads}/{kv} heads, mlp {inter}, vocab {vocab}); {}; batch {batch} x {seq}; threads {threads}",
+        if smollm { " smollm2-135m" } else { "" },
+        params.num_parameters() as f64 / 1e6,
+        match &adapters {
+            Some(a) => format!(
+                "lora r{} on every projection: {:.2}M trained",
+                a.config.rank,
+                a.params.num_parameters() as f64 / 1e6
+            ),
+            None => "full fine-tuning".into(),
+        }
     );
     let all = ids(batch, seq + 1, vocab, 7919, &dev)?;
     let (inp, target) = (
@@ -76,7 +122,16 @@ fn main() -> Res<()> {
     );
     let lengths = vec![seq; batch];
     let loss = || -> Res<Tensor> { nll(&model.forward_train(&inp, &lengths, None, DType::F32)?, &target) };
-    time_steps(&params, steps, batch * seq, loss)
+    let trained = adapters.as_ref().map_or(&params, |a| &a.params);
+    time_steps(trained, steps, batch * seq, loss)
+}
+
+/// The process's peak resident set (`VmHWM`), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// A fixed `(b, t)` batch of token ids.
@@ -123,5 +178,8 @@ fn time_steps(params: &ParamStore, steps: usize, tokens: usize, loss: impl Fn() 
         total,
         tokens as f64 / total
     );
+    if let Some(mib) = peak_rss_mib() {
+        println!("peak resident memory: {mib:.0} MiB");
+    }
     Ok(())
 }

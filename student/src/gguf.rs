@@ -312,12 +312,13 @@ impl GgufFile {
                     ByteLevel::new(false, false, false).into(),
                 ])));
             }
-            "gpt2" | "default" => {
+            // llama.cpp names the GPT-2 regex "gpt-2"; older files say "gpt2".
+            "gpt-2" | "gpt2" | "default" => {
                 tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
             }
             other => {
                 return Err(self.err(format!(
-                    "tokenizer.ggml.pre {other:?} is not supported (smollm, qwen2, gpt2)"
+                    "tokenizer.ggml.pre {other:?} is not supported (smollm, qwen2, gpt-2)"
                 )));
             }
         }

@@ -10,10 +10,16 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 
 /// `x @ w^T (+ b)` as one 2-D matmul over flattened batch and time (about 2×
-/// faster than the broadcast form on CPU).
+/// faster than the broadcast form on CPU). `w` is a leaf: a variable being
+/// trained, or a frozen tensor (a LoRA student's base, an inference model),
+/// whose gradient is then never formed (see [`crate::ops::frozen_matmul`]).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let frozen = !w.is_variable();
     let w = w.to_dtype(x.dtype())?;
-    over_rows(x, b, |rows| rows.matmul(&w.t()?))
+    over_rows(x, b, |rows| match frozen {
+        true => crate::ops::frozen_matmul(rows, &w),
+        false => rows.matmul(&w.t()?),
+    })
 }
 
 /// `f` applied to `x` flattened to `(rows, last)`, `b` added to every row,
@@ -46,10 +52,15 @@ pub enum Weight {
     Quantized(QMatMul),
 }
 
-/// `x @ W^T (+ b)`: one named projection of a model (`<name>.weight`, `<name>.bias`).
+/// `x @ W^T (+ b)`: one named projection of a model (`<name>.weight`,
+/// `<name>.bias`), plus a LoRA branch when the student has adapters on it.
 pub struct Linear {
+    /// The HF module name (`model.layers.0.self_attn.q_proj`), by which
+    /// adapters find their projection.
+    pub name: String,
     pub weight: Weight,
     pub bias: Option<Tensor>,
+    pub lora: Option<crate::lora::LoraBranch>,
 }
 
 impl Linear {
@@ -62,12 +73,36 @@ impl Linear {
             None => Weight::Dense(take(p, &w)?),
         };
         Ok(Linear {
+            name: name.to_string(),
             weight,
             bias: p.remove(&format!("{name}.bias")),
+            lora: None,
         })
     }
 
+    /// The projection, plus `scale · B(A(dropout(x)))` when it has adapters.
+    /// `dropout` is the step's generator (training only); the branch's own
+    /// rate applies.
+    pub fn forward_with(&self, x: &Tensor, dropout: Option<&mut Dropout>) -> Result<Tensor> {
+        match (&self.lora, &self.weight) {
+            // Same input for base and branch (no branch dropout this step): one op.
+            (Some(l), Weight::Dense(w)) if !w.is_variable() && (l.dropout == 0.0 || dropout.is_none()) => {
+                let w = w.to_dtype(x.dtype())?;
+                over_rows(x, self.bias.as_ref(), |rows| {
+                    crate::ops::lora_linear(rows, &w, &l.a, &l.b, l.scale)
+                })
+            }
+            (Some(l), _) => self.forward_base(x)? + l.forward(x, dropout)?,
+            (None, _) => self.forward_base(x),
+        }
+    }
+
+    /// [`Self::forward_with`] outside training (no dropout).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, None)
+    }
+
+    fn forward_base(&self, x: &Tensor) -> Result<Tensor> {
         let q = match &self.weight {
             Weight::Dense(w) => return linear(x, w, self.bias.as_ref()),
             Weight::Quantized(q) => q,
@@ -196,12 +231,17 @@ impl Dropout {
     }
 
     pub fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
-        if self.p <= 0.0 {
+        self.apply_rate(x, self.p)
+    }
+
+    /// Dropout at rate `p` from this generator (a LoRA branch has its own rate).
+    pub fn apply_rate(&mut self, x: &Tensor, p: f32) -> Result<Tensor> {
+        if p <= 0.0 {
             return Ok(x.clone());
         }
-        let scale = 1.0 / (1.0 - self.p);
+        let scale = 1.0 / (1.0 - p);
         let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| if self.rng.random::<f32>() < self.p { 0.0 } else { scale })
+            .map(|_| if self.rng.random::<f32>() < p { 0.0 } else { scale })
             .collect();
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         x * mask

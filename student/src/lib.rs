@@ -11,6 +11,7 @@
 //! - [`tokenizer`]: load `tokenizer.json`, or train a byte-level BPE in-process;
 //!   chat templates.
 //! - [`gguf`]: pretrained weights and tokenizers from GGUF files, dequantised.
+//! - [`gguf_export`]: a trained decoder as a GGUF file (f16, q8_0, q4_k_m) for llama.cpp / Ollama.
 //! - [`data`]: the `[label]` / `[rationale]` tasks, the baselines' data, the
 //!   seeded data order.
 //! - [`train`]: the Distilling Step-by-Step trainer (AdamW, schedule,
@@ -25,8 +26,10 @@ pub mod device;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod gguf_export;
 pub mod layers;
 pub mod llama;
+pub mod lora;
 pub mod ops;
 pub mod optim;
 pub mod params;

@@ -205,6 +205,34 @@ impl Llama {
         Llama::from_parts(config, p, BTreeMap::new(), params.device())
     }
 
+    /// The model over a frozen `base` (detached: no gradient is formed for
+    /// it) with `adapters` on their projections.
+    pub fn with_adapters(config: &Config, base: &ParamStore, adapters: &crate::lora::Adapters) -> Result<Llama> {
+        config.validate().map_err(candle_core::Error::msg)?;
+        let p = base.frozen_tensors_for(&config.parameter_shapes())?;
+        let mut m = Llama::from_parts(config, p, BTreeMap::new(), base.device())?;
+        adapters
+            .attach(m.linears_mut())
+            .map_err(|e| candle_core::Error::msg(e.to_string()))?;
+        Ok(m)
+    }
+
+    /// Every projection of the blocks (not the output head).
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        self.blocks.iter_mut().flat_map(|b| {
+            let (a, m) = (&mut b.attn, &mut b.mlp);
+            [
+                &mut a.q,
+                &mut a.k,
+                &mut a.v,
+                &mut a.o,
+                &mut m.gate,
+                &mut m.up,
+                &mut m.down,
+            ]
+        })
+    }
+
     /// An inference-only model whose projections in `weights.quantized`
     /// multiply without being dequantised (no gradients flow through them).
     pub fn for_inference(config: &Config, weights: crate::gguf::InferenceWeights, dev: &Device) -> Result<Llama> {
@@ -280,14 +308,15 @@ impl Llama {
         positions: &Tensor,
         mask: &Tensor,
         mut cache: Option<&mut KvCache>,
-        dropout: Option<&mut Dropout>,
+        mut dropout: Option<&mut Dropout>,
         dtype: DType,
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let (b, t) = ids.dims2()?;
         let hd = cfg.head_dim();
         let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let mut dropout = dropout.filter(|d| d.p > 0.0);
+        // Residual and attention dropout at the generator's rate; adapters
+        // draw from it at their own.
 
         let flat_pos = positions.flatten_all()?;
         let cos = self
@@ -311,10 +340,16 @@ impl Llama {
         for (l, blk) in self.blocks.iter().enumerate() {
             let h = rms_norm(&x, &blk.input_norm, cfg.rms_norm_eps)?;
             let a = &blk.attn;
-            let q = a.q.forward(&h)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
-            let k = a.k.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+            let q =
+                a.q.forward_with(&h, dropout.as_deref_mut())?
+                    .reshape((b, t, nh, hd))?
+                    .transpose(1, 2)?;
+            let k =
+                a.k.forward_with(&h, dropout.as_deref_mut())?
+                    .reshape((b, t, nkv, hd))?
+                    .transpose(1, 2)?;
             let v =
-                a.v.forward(&h)?
+                a.v.forward_with(&h, dropout.as_deref_mut())?
                     .reshape((b, t, nkv, hd))?
                     .transpose(1, 2)?
                     .contiguous()?;
@@ -332,26 +367,28 @@ impl Llama {
             let att = att.broadcast_add(&mask.unsqueeze(2)?)?;
             let att = crate::ops::softmax_last(&att)?;
             let att = match dropout.as_deref_mut() {
-                Some(d) => d.apply(&att)?,
-                None => att,
+                Some(d) if d.p > 0.0 => d.apply(&att)?,
+                _ => att,
             };
             let y = att.reshape((b, nkv, g * t, tk))?.matmul(&v)?;
             let y = y.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-            let y = a.o.forward(&y)?;
+            let y = a.o.forward_with(&y, dropout.as_deref_mut())?;
             let y = match dropout.as_deref_mut() {
-                Some(d) => d.apply(&y)?,
-                None => y,
+                Some(d) if d.p > 0.0 => d.apply(&y)?,
+                _ => y,
             };
             x = (x + y)?;
 
             let h = rms_norm(&x, &blk.post_attention_norm, cfg.rms_norm_eps)?;
             let m = &blk.mlp;
+            let gate = m.gate.forward_with(&h, dropout.as_deref_mut())?;
+            let up = m.up.forward_with(&h, dropout.as_deref_mut())?;
             let y = m
                 .down
-                .forward(&crate::ops::swiglu(&m.gate.forward(&h)?, &m.up.forward(&h)?)?)?;
+                .forward_with(&crate::ops::swiglu(&gate, &up)?, dropout.as_deref_mut())?;
             let y = match dropout.as_deref_mut() {
-                Some(d) => d.apply(&y)?,
-                None => y,
+                Some(d) if d.p > 0.0 => d.apply(&y)?,
+                _ => y,
             };
             x = (x + y)?;
         }

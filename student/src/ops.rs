@@ -160,8 +160,13 @@ impl CustomOp2 for RmsNorm {
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = g.contiguous()?;
         let dx = x.apply_op3_no_bwd(w, &g, &RmsNormBwdX { eps: self.eps })?;
-        let dw = x.apply_op2_no_bwd(&g, &RmsNormBwdW { eps: self.eps })?;
-        Ok((Some(dx), Some(dw)))
+        // A norm weight is a leaf: a variable, or frozen (a LoRA student's
+        // base), whose gradient would be a wasted reduction over every row.
+        let dw = match w.is_variable() {
+            true => Some(x.apply_op2_no_bwd(&g, &RmsNormBwdW { eps: self.eps })?),
+            false => None,
+        };
+        Ok((Some(dx), dw))
     }
 }
 
@@ -488,5 +493,283 @@ impl CustomOp3 for NllRowsBwd {
         }
         let out = float_op!(self.name(), s1, s3 => |x, g| run(slice(x, l1)?, t, slice(g, l3)?, v));
         Ok((out, l1.shape().clone()))
+    }
+}
+
+/// A row-major matrix operand of a GEMM: its elements and strides.
+struct Mat<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a, T> Mat<'a, T> {
+    fn new(data: &'a [T], rows: usize, cols: usize) -> Mat<'a, T> {
+        Mat {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The same elements read as the transpose.
+    fn t(self) -> Mat<'a, T> {
+        Mat {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// `dst (m×n, row-major) = [dst +] s · lhs @ rhs` with gemm (what candle's
+/// CPU matmul runs), on rayon's threads; `accumulate` adds to `dst`.
+fn gemm_into<T: Float + 'static>(dst: &mut [T], lhs: &Mat<T>, rhs: &Mat<T>, s: T, accumulate: bool) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert!(
+        rhs.rows == k && dst.len() == m * n && lhs.fits() && rhs.fits(),
+        "gemm_into: shapes"
+    );
+    let threads = rayon::current_num_threads();
+    let par = match threads > 1 {
+        true => gemm::Parallelism::Rayon(threads),
+        false => gemm::Parallelism::None,
+    };
+    // SAFETY: every operand's extent was checked against its slice above;
+    // `dst` is exactly m×n and written through its own row stride n.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            if accumulate { T::one() } else { T::zero() },
+            s,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// The contiguous f32/f64 storage of a CPU tensor held by an op (a frozen
+/// weight), read under its lock for the duration of `f`.
+fn with_cpu_slice<R>(t: &Tensor, f: impl FnOnce(&CpuStorage, &Layout) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(s) => f(s, layout),
+        _ => candle_core::bail!("fused op: a CPU tensor was expected"),
+    }
+}
+
+/// `x @ w^T` for a frozen `w` (`(out, in)`, no gradient wanted), with a
+/// gradient for `x` only: candle's matmul backward would also form `dw`, a
+/// full `(out, in)` GEMM per projection that a LoRA step (and the tied head,
+/// the largest matmul of a small model) then throws away. `x` is `(rows, in)`.
+pub fn frozen_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if fused(&[x, w]) && x.rank() == 2 && w.rank() == 2 {
+        return x.contiguous()?.apply_op2(&w.contiguous()?, FrozenMatmul);
+    }
+    x.matmul(&w.t()?)
+}
+
+struct FrozenMatmul;
+
+impl CustomOp2 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "stepwise-frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (rows, k) = l1.shape().dims2()?;
+        let (n, k2) = l2.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("{}: x has {k} columns, w {k2}", self.name())
+        }
+        fn run<T: Float + 'static>(x: &[T], w: &[T], rows: usize, n: usize, k: usize) -> Vec<T> {
+            let mut out = vec![T::zero(); rows * n];
+            gemm_into(&mut out, &Mat::new(x, rows, k), &Mat::new(w, n, k).t(), T::one(), false);
+            out
+        }
+        let out = float_op!(self.name(), s1, s2 => |x, w| run(slice(x, l1)?, slice(w, l2)?, rows, n, k));
+        Ok((out, Shape::from((rows, n))))
+    }
+
+    /// dx = g @ w; no gradient for `w`.
+    fn bwd(&self, _x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(g.matmul(w)?), None))
+    }
+}
+
+/// A LoRA projection in one op each way: `x W^T + s (x A^T) B^T` for a
+/// frozen `W` `(out, in)` and adapters `A` `(r, in)`, `B` `(out, r)`, with
+/// gradients for `x`, `A` and `B` (none for `W`). The branch accumulates into
+/// the base's output inside the GEMM, where the composed form makes three
+/// more `(rows, out)` tensors forward and about as many backward per
+/// projection. `x` is `(rows, in)`.
+pub fn lora_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+    if fused(&[x, w, a, b]) && x.rank() == 2 && w.rank() == 2 && a.rank() == 2 && b.rank() == 2 {
+        let op = LoraLinear {
+            w: w.contiguous()?,
+            scale,
+        };
+        return x.contiguous()?.apply_op3(&a.contiguous()?, &b.contiguous()?, op);
+    }
+    frozen_matmul(x, w)? + (x.matmul(&a.t()?)?.matmul(&b.t()?)? * scale)?
+}
+
+struct LoraLinear {
+    w: Tensor,
+    scale: f64,
+}
+
+impl CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "stepwise-lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, k) = l1.shape().dims2()?;
+        let (r, k2) = l2.shape().dims2()?;
+        let (n, r2) = l3.shape().dims2()?;
+        let (n2, k3) = self.w.dims2()?;
+        if k != k2 || k != k3 || r != r2 || n != n2 {
+            candle_core::bail!("{}: x {rows}x{k}, A {r}x{k2}, B {n}x{r2}, W {n2}x{k3}", self.name())
+        }
+        fn run<T: Float + 'static>(
+            x: &[T],
+            a: &[T],
+            b: &[T],
+            w: &[T],
+            d: (usize, usize, usize, usize),
+            s: f64,
+        ) -> Vec<T> {
+            let (rows, k, r, n) = d;
+            let mut out = vec![T::zero(); rows * n];
+            let x = Mat::new(x, rows, k);
+            gemm_into(&mut out, &x, &Mat::new(w, n, k).t(), T::one(), false);
+            let mut h = vec![T::zero(); rows * r];
+            gemm_into(&mut h, &x, &Mat::new(a, r, k).t(), T::one(), false);
+            gemm_into(
+                &mut out,
+                &Mat::new(&h, rows, r),
+                &Mat::new(b, n, r).t(),
+                T::from(s).unwrap(),
+                true,
+            );
+            out
+        }
+        let d = (rows, k, r, n);
+        with_cpu_slice(&self.w, |sw, lw| {
+            Ok(float_op!(self.name(), s1, s2, s3, sw => |x, a, b, w| run(slice(x, l1)?, slice(a, l2)?, slice(b, l3)?, slice(w, lw)?, d, self.scale)))
+        })
+        .map(|out| (out, Shape::from((rows, n))))
+    }
+
+    /// With `gB = g B` and `h = x A^T`: dx = g W + s·gB A, dA = s·gB^T x,
+    /// dB = s·g^T h.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let gb = g.matmul(b)?;
+        let h = x.matmul(&a.t()?)?;
+        let da = (gb.t()?.matmul(x)? * self.scale)?;
+        let db = (g.t()?.matmul(&h)? * self.scale)?;
+        let dx = g.apply_op3_no_bwd(
+            &gb,
+            a,
+            &LoraBwdX {
+                w: self.w.clone(),
+                scale: self.scale,
+            },
+        )?;
+        Ok((Some(dx), Some(da), Some(db)))
+    }
+}
+
+/// dx = g W + s · gB A, accumulated in one output.
+struct LoraBwdX {
+    w: Tensor,
+    scale: f64,
+}
+
+impl CustomOp3 for LoraBwdX {
+    fn name(&self) -> &'static str {
+        "stepwise-lora-linear-bwd-x"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, n) = l1.shape().dims2()?;
+        let (_, r) = l2.shape().dims2()?;
+        let (_, k) = l3.shape().dims2()?;
+        fn run<T: Float + 'static>(
+            g: &[T],
+            gb: &[T],
+            a: &[T],
+            w: &[T],
+            d: (usize, usize, usize, usize),
+            s: f64,
+        ) -> Vec<T> {
+            let (rows, n, r, k) = d;
+            let mut dx = vec![T::zero(); rows * k];
+            gemm_into(&mut dx, &Mat::new(g, rows, n), &Mat::new(w, n, k), T::one(), false);
+            gemm_into(
+                &mut dx,
+                &Mat::new(gb, rows, r),
+                &Mat::new(a, r, k),
+                T::from(s).unwrap(),
+                true,
+            );
+            dx
+        }
+        let d = (rows, n, r, k);
+        with_cpu_slice(&self.w, |sw, lw| {
+            Ok(float_op!(self.name(), s1, s2, s3, sw => |g, gb, a, w| run(slice(g, l1)?, slice(gb, l2)?, slice(a, l3)?, slice(w, lw)?, d, self.scale)))
+        })
+        .map(|out| (out, Shape::from((rows, k))))
     }
 }

@@ -129,6 +129,16 @@ impl ParamStore {
         Ok(p)
     }
 
+    /// [`Self::tensors_for`], detached: a frozen base whose tensors share
+    /// storage but are not variables, so no gradient is formed for them.
+    pub fn frozen_tensors_for(&self, shapes: &BTreeMap<String, Vec<usize>>) -> Result<BTreeMap<String, Tensor>> {
+        Ok(self
+            .tensors_for(shapes)?
+            .into_iter()
+            .map(|(k, t)| (k, t.detach()))
+            .collect())
+    }
+
     pub fn num_parameters(&self) -> usize {
         self.vars.values().map(|v| v.elem_count()).sum()
     }

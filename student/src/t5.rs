@@ -276,7 +276,7 @@ pub struct T5 {
 }
 
 fn drop(x: Tensor, dropout: &mut Option<&mut Dropout>) -> Result<Tensor> {
-    match dropout.as_deref_mut() {
+    match dropout.as_deref_mut().filter(|d| d.p > 0.0) {
         Some(d) => d.apply(&x),
         None => Ok(x),
     }
@@ -324,22 +324,24 @@ impl T5Attention {
         let (b, t, _) = x.dims3()?;
         let q = self
             .q
-            .forward(x)?
+            .forward_with(x, dropout.as_deref_mut())?
             .reshape((b, t, c.num_heads, c.d_kv))?
             .transpose(1, 2)?
             .contiguous()?;
         let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
         let att = drop(crate::ops::softmax_last(&scores)?, dropout)?;
         let y = att.matmul(v)?.transpose(1, 2)?.reshape((b, t, c.num_heads * c.d_kv))?;
-        self.o.forward(&y)
+        self.o.forward_with(&y, dropout.as_deref_mut())
     }
 
     /// Keys and values of `x`, `(b, heads, t, d_kv)`.
-    fn keys_values(&self, c: &T5Config, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn keys_values(&self, c: &T5Config, x: &Tensor, dropout: &mut Option<&mut Dropout>) -> Result<(Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
         let heads =
             |y: Tensor| -> Result<Tensor> { y.reshape((b, t, c.num_heads, c.d_kv))?.transpose(1, 2)?.contiguous() };
-        Ok((heads(self.k.forward(x)?)?, heads(self.v.forward(x)?)?))
+        let k = self.k.forward_with(x, dropout.as_deref_mut())?;
+        let v = self.v.forward_with(x, dropout.as_deref_mut())?;
+        Ok((heads(k)?, heads(v)?))
     }
 }
 
@@ -347,11 +349,14 @@ impl FeedForward {
     fn forward(&self, c: &T5Config, x: &Tensor, dropout: &mut Option<&mut Dropout>) -> Result<Tensor> {
         let h = rms_norm(x, &self.norm, c.layer_norm_epsilon)?;
         let act = match &self.wi {
-            DenseIn::GatedGelu { wi_0, wi_1 } => (wi_0.forward(&h)?.gelu()? * wi_1.forward(&h)?)?,
-            DenseIn::Relu(wi) => wi.forward(&h)?.relu()?,
+            DenseIn::GatedGelu { wi_0, wi_1 } => {
+                let g = wi_0.forward_with(&h, dropout.as_deref_mut())?.gelu()?;
+                (g * wi_1.forward_with(&h, dropout.as_deref_mut())?)?
+            }
+            DenseIn::Relu(wi) => wi.forward_with(&h, dropout.as_deref_mut())?.relu()?,
         };
         let act = drop(act, dropout)?;
-        let y = self.wo.forward(&act)?;
+        let y = self.wo.forward_with(&act, dropout.as_deref_mut())?;
         x + drop(y, dropout)?
     }
 }
@@ -359,7 +364,48 @@ impl FeedForward {
 impl T5 {
     pub fn new(config: &T5Config, params: &ParamStore) -> Result<T5> {
         config.validate().map_err(candle_core::Error::msg)?;
-        let mut p = params.tensors_for(&config.parameter_shapes())?;
+        T5::from_tensors(config, params.tensors_for(&config.parameter_shapes())?)
+    }
+
+    /// The model over a frozen `base` (detached: no gradient is formed for
+    /// it) with `adapters` on their projections.
+    pub fn with_adapters(config: &T5Config, base: &ParamStore, adapters: &crate::lora::Adapters) -> Result<T5> {
+        config.validate().map_err(candle_core::Error::msg)?;
+        let mut m = T5::from_tensors(config, base.frozen_tensors_for(&config.parameter_shapes())?)?;
+        adapters
+            .attach(m.linears_mut())
+            .map_err(|e| candle_core::Error::msg(e.to_string()))?;
+        Ok(m)
+    }
+
+    /// Every projection of both stacks (not the output head).
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        fn ff(f: &mut FeedForward) -> Vec<&mut Linear> {
+            let mut v = match &mut f.wi {
+                DenseIn::Relu(wi) => vec![wi],
+                DenseIn::GatedGelu { wi_0, wi_1 } => vec![wi_0, wi_1],
+            };
+            v.push(&mut f.wo);
+            v
+        }
+        fn attn(a: &mut T5Attention) -> [&mut Linear; 4] {
+            [&mut a.q, &mut a.k, &mut a.v, &mut a.o]
+        }
+        let enc = self.encoder.iter_mut().flat_map(|b| {
+            let mut v: Vec<&mut Linear> = attn(&mut b.attn).into_iter().collect();
+            v.extend(ff(&mut b.ff));
+            v
+        });
+        let dec = self.decoder.iter_mut().flat_map(|b| {
+            let mut v: Vec<&mut Linear> = attn(&mut b.self_attn).into_iter().collect();
+            v.extend(attn(&mut b.cross_attn));
+            v.extend(ff(&mut b.ff));
+            v
+        });
+        enc.chain(dec)
+    }
+
+    fn from_tensors(config: &T5Config, mut p: BTreeMap<String, Tensor>) -> Result<T5> {
         let p = &mut p;
         let gated = config.gated();
         let rel = |stack: &str| format!("{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight");
@@ -469,7 +515,7 @@ impl T5 {
         let mut x = drop(self.embed(ids, dtype)?, &mut dropout)?;
         for blk in &self.encoder {
             let h = rms_norm(&x, &blk.norm, c.layer_norm_epsilon)?;
-            let (k, v) = blk.attn.keys_values(c, &h)?;
+            let (k, v) = blk.attn.keys_values(c, &h, &mut dropout)?;
             let y = blk.attn.attend(c, &h, &k, &v, &bias, &mut dropout)?;
             x = (x + drop(y, &mut dropout)?)?;
             x = blk.ff.forward(c, &x, &mut dropout)?;
@@ -504,7 +550,7 @@ impl T5 {
         let mut x = drop(self.embed(dec_ids, dtype)?, &mut dropout)?;
         for (l, blk) in self.decoder.iter().enumerate() {
             let h = rms_norm(&x, &blk.self_norm, c.layer_norm_epsilon)?;
-            let (k, v) = blk.self_attn.keys_values(c, &h)?;
+            let (k, v) = blk.self_attn.keys_values(c, &h, &mut dropout)?;
             let (k, v) = match cache.as_deref_mut() {
                 Some(cc) => cc.self_kv.append(l, k, v)?,
                 None => (k, v),
@@ -517,7 +563,7 @@ impl T5 {
             let (k, v) = match cached {
                 Some(kv) => kv,
                 None => {
-                    let kv = blk.cross_attn.keys_values(c, enc)?;
+                    let kv = blk.cross_attn.keys_values(c, enc, &mut dropout)?;
                     if let Some(cc) = cache.as_deref_mut() {
                         cc.cross_kv[l] = Some((kv.0.detach(), kv.1.detach()));
                     }

@@ -19,7 +19,7 @@ use crate::data::{DataOrder, Sequence, StudyExample, Task, prompt, tokenize};
 use crate::error::{Result, StudentError, io};
 use crate::generate::generate;
 use crate::optim::{AdamW, AdamWConfig, Grads, accumulate, clip_global_norm, lr_at};
-use crate::params::{Dropout, ParamStore};
+use crate::params::Dropout;
 use crate::student::{Model, Student, write_dir_atomically};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,17 +119,28 @@ impl TrainConfig {
 
     /// The identity of a training run: the starting model (`start`: its
     /// config and tokenizer, or its file's digest), the curation of the
-    /// teacher's rows when the variant uses them, the exact examples chosen,
-    /// and this config ([`Self::hash`]). A student directory records it; a
-    /// different identity means the student is trained again.
-    pub fn run_identity(&self, start: &str, curation: Option<&crate::data::Curation>, data: &[StudyExample]) -> String {
+    /// teacher's rows when the variant uses them, the adapters' config for a
+    /// LoRA run, the exact examples chosen, and this config ([`Self::hash`]).
+    /// A student directory records it; a different identity means the
+    /// student is trained again.
+    pub fn run_identity(
+        &self,
+        start: &str,
+        lora: Option<&crate::lora::LoraConfig>,
+        curation: Option<&crate::data::Curation>,
+        data: &[StudyExample],
+    ) -> String {
         let mut h = Sha256::new();
         for ex in data {
             h.update(serde_json::to_vec(ex).expect("example serialises"));
             h.update([0]);
         }
         let data_hash = hex::encode(h.finalize());
-        stepwise_datasets::digest::identity_of(&(start, curation, data_hash, self.hash()))
+        match lora {
+            // Full training keeps the identity it had before adapters existed.
+            None => stepwise_datasets::digest::identity_of(&(start, curation, data_hash, self.hash())),
+            Some(l) => stepwise_datasets::digest::identity_of(&(start, l, curation, data_hash, self.hash())),
+        }
     }
 
     /// True when a checkpoint is written after `step`.
@@ -188,6 +199,9 @@ pub struct TrainSummary {
     pub seconds: f64,
     pub tokens_per_second: f64,
     pub parameters: usize,
+    /// Those the optimizer updated (the adapters' alone for a LoRA student).
+    #[serde(default)]
+    pub trainable_parameters: usize,
 }
 
 /// Checkpoint directory for `step`.
@@ -250,7 +264,8 @@ pub fn train(
         &student.tokenizer,
         cfg.max_len,
     )?;
-    let mut opt = AdamW::new(cfg.optimizer.clone(), &student.params);
+    // With adapters the base is frozen: no gradient, no optimizer state.
+    let mut opt = AdamW::new(cfg.optimizer.clone(), student.trainable());
     let mut state = TrainerState {
         step: 0,
         config_hash: cfg.hash(),
@@ -277,16 +292,11 @@ pub fn train(
                 state.config_hash
             )));
         }
-        let loaded = ParamStore::load(
-            &dir.join("model.safetensors"),
-            &student.config.parameter_shapes(),
-            student.params.device(),
-        )?;
-        student.set_params_from(&loaded)?;
+        student.set_trainable_from(&dir)?;
         opt = AdamW::load(
             cfg.optimizer.clone(),
             &dir.join("optimizer.safetensors"),
-            &student.params,
+            student.trainable(),
         )?;
         state = saved;
         tracing::info!(step, dir = %dir.display(), "resuming from checkpoint");
@@ -318,11 +328,17 @@ pub fn train(
         for micro in 0..cfg.grad_accum {
             let batch = micro_batch(&seqs, &mut order, cfg, step, micro);
             state.tokens_seen += batch.iter().map(|s| s.ids.len() as u64).sum::<u64>();
-            let mut dropout = (cfg.dropout > 0.0 && step >= cfg.dropout_from_step)
-                .then(|| Dropout::new(cfg.dropout, cfg.seed ^ (step << 8) ^ micro as u64 ^ 0xD0));
+            let residual = if step >= cfg.dropout_from_step {
+                cfg.dropout
+            } else {
+                0.0
+            };
+            let lora = student.adapters.as_ref().map_or(0.0, |a| a.config.dropout);
+            let mut dropout = (residual > 0.0 || lora > 0.0)
+                .then(|| Dropout::new(residual, cfg.seed ^ (step << 8) ^ micro as u64 ^ 0xD0));
             let losses = batch_loss(student, &batch, cfg.alpha, dropout.as_mut(), dtype)?;
             let scaled = (&losses.total / cfg.grad_accum as f64)?;
-            accumulate(&mut grads, &student.params, &scaled.backward()?)?;
+            accumulate(&mut grads, student.trainable(), &scaled.backward()?)?;
             loss_sum += losses.total.to_scalar::<f32>()? as f64;
             label_sum += losses.label;
             if let Some(r) = losses.rationale {
@@ -331,7 +347,7 @@ pub fn train(
             }
         }
         let grad_norm = clip_global_norm(&mut grads, cfg.clip_norm);
-        opt.step(&student.params, &grads, lr)?;
+        opt.step(student.trainable(), &grads, lr)?;
         let k = cfg.grad_accum as f64;
         last_loss = loss_sum / k;
         let epochs = (step * (cfg.grad_accum * cfg.batch_size) as u64) as f64 / seqs.len() as f64;
@@ -412,7 +428,9 @@ pub fn train(
         tokens: state.tokens_seen,
         seconds,
         tokens_per_second: tokens as f64 / seconds.max(1e-9),
-        parameters: student.params.num_parameters(),
+        parameters: student.params.num_parameters()
+            + student.adapters.as_ref().map_or(0, |a| a.params.num_parameters()),
+        trainable_parameters: student.trainable().num_parameters(),
     };
     Ok(summary)
 }
@@ -594,7 +612,7 @@ fn validate(
 fn save_checkpoint(out: &Path, student: &Student, opt: &AdamW, state: &TrainerState) -> Result<()> {
     write_dir_atomically(&checkpoint_dir(out, state.step), |tmp| {
         student.write_files(tmp)?;
-        opt.save(&tmp.join("optimizer.safetensors"), &student.params)?;
+        opt.save(&tmp.join("optimizer.safetensors"), student.trainable())?;
         let sp = tmp.join("trainer_state.json");
         std::fs::write(&sp, serde_json::to_string_pretty(state).expect("state serialises")).map_err(io(&sp))
     })

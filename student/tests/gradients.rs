@@ -172,3 +172,32 @@ fn every_llama_parameter_gets_the_right_gradient() {
 fn every_qwen2_parameter_gets_the_right_gradient() {
     whole_model("qwen2");
 }
+
+#[test]
+fn frozen_matmul_equals_matmul_and_its_input_gradient_matches_finite_differences() -> Result<()> {
+    use stepwise_student::ops::frozen_matmul;
+    let w = rand_tensor(&[5, 7], 3); // frozen: a plain tensor, not a variable
+    let x = var(&[4, 7], 4);
+    let direct = x.as_tensor().matmul(&w.t()?)?;
+    let fused = frozen_matmul(x.as_tensor(), &w)?;
+    let diff = (direct - &fused)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    assert!(diff < 1e-12, "frozen_matmul differs from matmul by {diff}");
+    let f = || project(&frozen_matmul(x.as_tensor(), &w)?, 8);
+    check(&[("x", &x)], &f, 10);
+    Ok(())
+}
+
+#[test]
+fn fused_lora_linear_equals_its_composed_form_with_the_right_gradients() -> Result<()> {
+    use stepwise_student::ops::lora_linear;
+    let w = rand_tensor(&[6, 5], 1); // frozen
+    let (x, a, b) = (var(&[4, 5], 2), var(&[3, 5], 3), var(&[6, 3], 4));
+    let fused = lora_linear(x.as_tensor(), &w, a.as_tensor(), b.as_tensor(), 1.7)?;
+    let composed = (x.as_tensor().matmul(&w.t()?)?
+        + (x.as_tensor().matmul(&a.as_tensor().t()?)?.matmul(&b.as_tensor().t()?)? * 1.7)?)?;
+    let diff = (fused - composed)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    assert!(diff < 1e-12, "lora_linear differs from its definition by {diff}");
+    let f = || project(&lora_linear(x.as_tensor(), &w, a.as_tensor(), b.as_tensor(), 1.7)?, 9);
+    check(&[("x", &x), ("A", &a), ("B", &b)], &f, 8);
+    Ok(())
+}

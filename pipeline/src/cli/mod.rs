@@ -54,6 +54,10 @@ pub enum Command {
     Report(StageArgs),
     /// Generate with a trained student.
     Generate(GenerateArgs),
+    /// Export a trained student where people deploy it: an HF directory
+    /// (transformers), a GGUF file (llama.cpp, Ollama, LM Studio) or a PEFT
+    /// adapter directory.
+    Export(ExportArgs),
 }
 
 #[derive(Args)]
@@ -119,7 +123,8 @@ impl GenerateTask {
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// A student directory (config.json, model.safetensors, tokenizer.json).
+    /// A student: an HF-style directory, a PEFT adapter directory (over the
+    /// base it names) or a .gguf file.
     #[arg(long)]
     pub model: PathBuf,
     /// The question; asked with the student's label or rationale prompt.
@@ -131,6 +136,34 @@ pub struct GenerateArgs {
     pub max_tokens: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+/// What `stepwise export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// An HF directory (config.json, model.safetensors, tokenizer.json);
+    /// adapters are merged into the weights.
+    Hf,
+    /// One GGUF file with the tokenizer and chat template in its metadata
+    /// (decoders only); adapters are merged.
+    Gguf,
+    /// A PEFT adapter directory (adapter students only).
+    Peft,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// A student: a run's `students/<name>/final`, any HF-style directory,
+    /// a PEFT adapter directory or a .gguf file.
+    pub model: PathBuf,
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// The directory (hf, peft) or file (gguf) to write; replaced atomically.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// GGUF tensor type: f16, q8_0 or q4_k_m.
+    #[arg(long = "type", default_value = "f16")]
+    pub gguf_type: stepwise_student::gguf_export::GgufType,
 }
 
 /// Parses the command line and runs the command.
@@ -145,6 +178,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Eval(a) => crate::commands::eval(&a.run),
         Command::Report(a) => crate::commands::report(&a.run),
         Command::Generate(a) => crate::commands::generate(&a),
+        Command::Export(a) => crate::commands::export(&a),
         Command::Data(c) => data::run(c),
         Command::Shards(c) => shards::run(c),
         Command::Teacher(c) => teacher::run_teacher(c),

@@ -195,7 +195,11 @@ pub fn student_runs(plan: &Plan, prep: &Prepared) -> Vec<(StudentId, String, Vec
                 .collect();
             let data = study_examples(s.variant, &rows, &gold);
             let curation = s.variant.uses_teacher().then_some(&plan.students.curation);
-            let id = plan.students.train.run_identity(&prep.base_identity, curation, &data);
+            let lora = plan.students.lora.as_ref();
+            let id = plan
+                .students
+                .train
+                .run_identity(&prep.base_identity, lora, curation, &data);
             (s, id, data)
         })
         .collect()
@@ -273,6 +277,12 @@ pub fn run(plan: &Plan, only: Option<Variant>, digests: &mut FileDigests) -> Res
         std::fs::create_dir_all(&out)?;
         stepwise_datasets::atomic::write_bytes(&dir.student_identity(*s), &serde_json::to_vec_pretty(&record)?)?;
         let mut student = base_student(plan, &prep.tokenizer, &device)?;
+        if let (Some(lora), Start::Pretrained(init)) = (&plan.students.lora, &plan.students.start) {
+            // The adapter directory names its base by absolute path, so it
+            // loads from anywhere (PEFT's `base_model_name_or_path`).
+            let init = std::path::absolute(init).with_context(|| init.display().to_string())?;
+            student = student.with_lora(lora, &init, plan.seed)?;
+        }
         let cfg = &plan.students.train;
         let pb = bar(
             cfg.steps,
