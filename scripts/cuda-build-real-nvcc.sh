@@ -10,7 +10,9 @@
 #   CUDA_TOOLKIT_PIN  cuda-toolkit meta-package version on PyPI   (default 13.4.3 = CUDA 13.4.92)
 #   CUDA_CAPS         compute caps to build, space separated         (default "80")
 #   CARGO_TARGET_DIR  where to build                                 (default /work/cuda-target)
-#   PROFILE           cargo profile: release or dev                  (default release)
+#   PROFILE           cargo profile: release or dev, or `check`: cargo check, which
+#                     still runs candle-kernels' build script, so every kernel is
+#                     compiled by nvcc, but links nothing   (default release)
 #   CUDAFORGE_THREADS parallel nvcc jobs inside candle-kernels' build (default 1)
 #   SEED_TARGET       a target/<profile> dir to copy as a warm start (default none)
 #
@@ -101,7 +103,8 @@ nvcc -c -arch=sm_80 -o "$smoke/k.o" "$smoke/k.cu"
 echo "smoke test OK: $(grep -m1 '^.target' "$smoke/k.ptx")"
 rm -rf "$smoke"
 
-pdir="$PROFILE"; [ "$PROFILE" = dev ] && pdir=debug
+pdir="$PROFILE"; [ "$PROFILE" = dev ] || [ "$PROFILE" = check ] && pdir=debug
+if [ "$PROFILE" = check ]; then cargo_cmd=(check); else cargo_cmd=(build --profile "$PROFILE"); fi
 if [ -n "${SEED_TARGET:-}" ] && [ ! -e "$CARGO_TARGET_DIR/$pdir" ]; then
   step "seed $CARGO_TARGET_DIR/$pdir from $SEED_TARGET"
   mkdir -p "$CARGO_TARGET_DIR/$pdir"
@@ -113,9 +116,9 @@ fi
 # ---------------------------------------------------------------- 3. build
 rc=0
 for cap in $CAPS; do
-  step "cargo build -p stepwise-pipeline --features cuda --profile $PROFILE, CUDA_COMPUTE_CAP=$cap"
-  if CUDA_COMPUTE_CAP="$cap" nice -n 19 cargo build -p stepwise-pipeline --features cuda \
-       --locked --profile "$PROFILE"; then
+  step "cargo ${cargo_cmd[*]} -p stepwise-pipeline --features cuda, CUDA_COMPUTE_CAP=$cap"
+  if CUDA_COMPUTE_CAP="$cap" nice -n 19 cargo "${cargo_cmd[@]}" -p stepwise-pipeline --features cuda \
+       --locked; then
     echo "BUILD OK for compute cap $cap"
     # ---------------------------------------------------------- 4. what came out
     for out in $(ls -td "$CARGO_TARGET_DIR/$pdir"/build/candle-kernels-*/out 2>/dev/null | head -1); do

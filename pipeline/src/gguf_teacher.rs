@@ -12,11 +12,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use candle_core::DType;
 use stepwise_student::device::{compute_dtype, pick_device};
-use stepwise_student::generate::{Decode, decode_batch};
+use stepwise_student::generate::{Decode, Generated, decode_batch_with};
 use stepwise_student::gguf::load_for_inference;
 use stepwise_student::llama::Llama;
 use stepwise_student::{ChatMessage, StudentTokenizer};
-use stepwise_teacher::server::{ArithTeacher, ChatModel, ModelJob, ModelOutput};
+use stepwise_teacher::server::{ApiError, ArithTeacher, ChatModel, ModelJob, ModelOutput};
 
 use crate::config::LocalBackend;
 
@@ -82,7 +82,9 @@ impl GgufTeacher {
         })
     }
 
-    fn prompt_ids(&self, job: &ModelJob) -> Result<Vec<u32>, String> {
+    /// The job's prompt, and how many tokens it may add: `max_tokens`, or
+    /// (none given) what the context has left.
+    fn prompt_ids(&self, job: &ModelJob) -> Result<(Vec<u32>, usize), String> {
         let messages: Vec<ChatMessage> = job
             .messages
             .iter()
@@ -93,18 +95,38 @@ impl GgufTeacher {
             .collect();
         let text = self.tokenizer.render_chat(&messages).map_err(|e| e.to_string())?;
         let mut ids = self.tokenizer.encode(&text).map_err(|e| e.to_string())?;
-        let room = self.context.saturating_sub(job.max_tokens as usize);
-        if ids.len() > room {
+        let wanted = job.max_tokens.map_or(1, |m| m as usize);
+        if ids.len() + wanted > self.context {
             return Err(format!(
-                "the prompt is {} tokens; with max_tokens {} it exceeds the model's context of {}",
+                "the prompt is {} tokens; with max_tokens {wanted} it exceeds the model's context of {}",
                 ids.len(),
-                job.max_tokens,
                 self.context
             ));
         }
         ids.shrink_to_fit();
-        Ok(ids)
+        let max_new = job.max_tokens.map_or(self.context - ids.len(), |m| m as usize);
+        Ok((ids, max_new))
     }
+}
+
+/// The part of a row's text so far that is final: cut at a complete stop
+/// string, without a tail that may be the start of one, or an incomplete
+/// UTF-8 character (decoded as U+FFFD) that the next token may complete.
+fn settled<'a>(text: &'a str, stop: &[String]) -> &'a str {
+    let mut end = stop
+        .iter()
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
+        .unwrap_or(text.len());
+    let held = stop
+        .iter()
+        .flat_map(|s| (1..s.len()).filter(|&k| s.is_char_boundary(k)).map(move |k| &s[..k]))
+        .filter(|p| text[..end].ends_with(p))
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    end -= held;
+    text[..end].trim_end_matches('\u{FFFD}')
 }
 
 impl ChatModel for GgufTeacher {
@@ -113,46 +135,99 @@ impl ChatModel for GgufTeacher {
     }
 
     fn complete(&self, jobs: &[ModelJob]) -> Vec<Result<ModelOutput, String>> {
+        self.complete_streaming(jobs, &mut |_, _| true)
+    }
+
+    /// One batch; each row's text is reported as it settles ([`settled`]),
+    /// so the deltas joined are exactly the final text.
+    fn complete_streaming(
+        &self,
+        jobs: &[ModelJob],
+        on_text: &mut dyn FnMut(usize, &str) -> bool,
+    ) -> Vec<Result<ModelOutput, String>> {
         let mut out: Vec<Result<ModelOutput, String>> = vec![Err("not run".into()); jobs.len()];
-        let mut ready: Vec<(usize, Vec<u32>)> = Vec::new();
+        let mut ready: Vec<(usize, Vec<u32>, usize)> = Vec::new();
         for (i, j) in jobs.iter().enumerate() {
             match self.prompt_ids(j) {
-                Ok(ids) => ready.push((i, ids)),
+                Ok((ids, max_new)) => ready.push((i, ids, max_new)),
                 Err(e) => out[i] = Err(e),
             }
         }
-        ready.sort_by_key(|(_, ids)| ids.len());
-        let prompts: Vec<&[u32]> = ready.iter().map(|(_, ids)| ids.as_slice()).collect();
+        ready.sort_by_key(|(_, ids, _)| ids.len());
+        let prompts: Vec<&[u32]> = ready.iter().map(|(_, ids, _)| ids.as_slice()).collect();
         let opts: Vec<Decode> = ready
             .iter()
-            .map(|(i, _)| Decode {
-                max_new_tokens: jobs[*i].max_tokens as usize,
+            .map(|(i, _, max_new)| Decode {
+                max_new_tokens: *max_new,
                 temperature: jobs[*i].temperature,
+                top_p: jobs[*i].top_p,
                 seed: jobs[*i].seed(),
                 stop: jobs[*i].stop.clone(),
             })
             .collect();
         let tok = &self.tokenizer;
-        match decode_batch(&self.model, tok, &prompts, &opts, self.dtype) {
+        let mut sent = vec![0usize; ready.len()];
+        let mut on_token = |r: usize, g: &Generated| {
+            let (i, _, _) = &ready[r];
+            if let Ok(text) = tok.decode(&g.ids) {
+                let now = settled(&text, &jobs[*i].stop);
+                if now.len() > sent[r] && now.is_char_boundary(sent[r]) {
+                    let keep = on_text(*i, &now[sent[r]..]);
+                    sent[r] = now.len();
+                    return keep;
+                }
+            }
+            on_text(*i, "")
+        };
+        match decode_batch_with(&self.model, tok, &prompts, &opts, self.dtype, &mut on_token) {
             Ok(generated) => {
-                for ((i, ids), g) in ready.iter().zip(generated) {
+                for (r, ((i, ids, _), g)) in ready.iter().zip(generated).enumerate() {
                     out[*i] = g
                         .text(tok, &jobs[*i].stop)
-                        .map(|text| ModelOutput {
-                            text,
-                            prompt_tokens: ids.len() as u32,
-                            completion_tokens: g.ids.len() as u32 + g.stopped as u32,
-                            finish_reason: if g.stopped { "stop" } else { "length" },
+                        .map(|text| {
+                            match text.get(sent[r]..) {
+                                Some(rest) if !rest.is_empty() => {
+                                    on_text(*i, rest);
+                                }
+                                Some(_) => {}
+                                None => tracing::warn!(job = i, "streamed text is not a prefix of the final text"),
+                            }
+                            ModelOutput {
+                                text,
+                                prompt_tokens: ids.len() as u32,
+                                completion_tokens: g.ids.len() as u32 + g.stopped as u32,
+                                finish_reason: if g.stopped { "stop" } else { "length" },
+                            }
                         })
                         .map_err(|e| e.to_string());
                 }
             }
             Err(e) => {
-                for (i, _) in &ready {
+                for (i, _, _) in &ready {
                     out[*i] = Err(format!("decoding: {e}"));
                 }
             }
         }
         out
+    }
+
+    fn check(&self, job: &ModelJob) -> Result<(), ApiError> {
+        self.prompt_ids(job).map(|_| ()).map_err(ApiError::context_length)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::settled;
+
+    #[test]
+    fn settled_text_holds_back_what_a_stop_string_or_the_next_token_may_change() {
+        let stop = vec!["\nQ:".to_string()];
+        assert_eq!(settled("So 7.", &stop), "So 7.");
+        assert_eq!(settled("So 7.\n", &stop), "So 7.");
+        assert_eq!(settled("So 7.\nQ", &stop), "So 7.");
+        assert_eq!(settled("So 7.\nQ: next", &stop), "So 7.");
+        assert_eq!(settled("So 7.\nA", &stop), "So 7.\nA");
+        assert_eq!(settled("caf\u{FFFD}", &[]), "caf");
     }
 }

@@ -48,6 +48,8 @@ fn the_gguf_backend_serves_smollm2_to_real_clients() {
         "4".as_ref(),
         "--gguf".as_ref(),
         model.as_os_str(),
+        "--served-model-name".as_ref(),
+        "smollm2".as_ref(),
     ]);
 
     let q = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. \
@@ -58,6 +60,8 @@ fn the_gguf_backend_serves_smollm2_to_real_clients() {
             "probe",
             "--base-url",
             &url,
+            "--model",
+            "smollm2",
             "--max-tokens",
             "160",
             "--question",

@@ -20,6 +20,9 @@ pub struct Decode {
     pub max_new_tokens: usize,
     /// 0 is greedy.
     pub temperature: f32,
+    /// Nucleus sampling: draw only from the most likely tokens whose
+    /// probabilities sum to at least this (1 keeps every token).
+    pub top_p: f32,
     /// Seeds the row's sampler (unused when greedy).
     pub seed: u64,
     /// The row ends once its text contains one of these (the text is cut
@@ -32,6 +35,7 @@ impl Decode {
         Decode {
             max_new_tokens,
             temperature: 0.0,
+            top_p: 1.0,
             seed: 0,
             stop: Vec::new(),
         }
@@ -123,6 +127,20 @@ pub fn decode_batch(
     opts: &[Decode],
     dtype: DType,
 ) -> Result<Vec<Generated>> {
+    decode_batch_with(model, tok, prompts, opts, dtype, &mut |_, _| true)
+}
+
+/// [`decode_batch`], calling `on_token(row, so_far)` each time a row gains a
+/// token or stops: a server streams from it. A row for which it returns
+/// false ends there (its client has gone), and the batch goes on without it.
+pub fn decode_batch_with(
+    model: &Llama,
+    tok: &StudentTokenizer,
+    prompts: &[&[u32]],
+    opts: &[Decode],
+    dtype: DType,
+    on_token: &mut dyn FnMut(usize, &Generated) -> bool,
+) -> Result<Vec<Generated>> {
     assert_eq!(prompts.len(), opts.len(), "one Decode per prompt");
     let dev: Device = model.device().clone();
     let b = prompts.len();
@@ -180,6 +198,9 @@ pub fn decode_batch(
                     }
                 }
             }
+            if !on_token(r, &out[r]) {
+                done[r] = true;
+            }
         }
         if done.iter().all(|&d| d) {
             break;
@@ -198,6 +219,26 @@ pub fn decode_batch(
     Ok(out)
 }
 
+/// Zeroes every weight outside the nucleus: the fewest most likely tokens
+/// whose share of the total reaches `top_p` (at least one token stays).
+fn nucleus(w: &mut [f64], top_p: f64) {
+    let total: f64 = w.iter().sum();
+    let mut order: Vec<usize> = (0..w.len()).collect();
+    order.sort_unstable_by(|&a, &b| w[b].total_cmp(&w[a]));
+    let mut acc = 0.0;
+    let mut keep = order.len();
+    for (k, &i) in order.iter().enumerate() {
+        acc += w[i];
+        if acc >= top_p * total {
+            keep = k + 1;
+            break;
+        }
+    }
+    for &i in &order[keep..] {
+        w[i] = 0.0;
+    }
+}
+
 /// The next token of every row from `(b, vocab)` logits: the argmax, or a
 /// sample from softmax(logits / temperature).
 fn pick(logits: &Tensor, opts: &[Decode], samplers: &mut [Option<ChaCha8Rng>]) -> Result<Vec<u32>> {
@@ -210,7 +251,10 @@ fn pick(logits: &Tensor, opts: &[Decode], samplers: &mut [Option<ChaCha8Rng>]) -
         let Some(rng) = rng else { continue };
         let t = opts[r].temperature;
         let max = rows[r].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let w: Vec<f64> = rows[r].iter().map(|&x| (((x - max) / t) as f64).exp()).collect();
+        let mut w: Vec<f64> = rows[r].iter().map(|&x| (((x - max) / t) as f64).exp()).collect();
+        if opts[r].top_p < 1.0 {
+            nucleus(&mut w, opts[r].top_p as f64);
+        }
         let mut u = rng.random_range(0.0..w.iter().sum::<f64>());
         for (i, wi) in w.iter().enumerate() {
             if u < *wi {
@@ -221,4 +265,22 @@ fn pick(logits: &Tensor, opts: &[Decode], samplers: &mut [Option<ChaCha8Rng>]) -
         }
     }
     Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nucleus;
+
+    #[test]
+    fn nucleus_keeps_the_fewest_likeliest_tokens_reaching_top_p() {
+        let mut w = vec![0.1, 0.5, 0.3, 0.1];
+        nucleus(&mut w, 0.7);
+        assert_eq!(w, vec![0.0, 0.5, 0.3, 0.0]);
+        let mut w = vec![0.1, 0.5, 0.3, 0.1];
+        nucleus(&mut w, 0.01);
+        assert_eq!(w, vec![0.0, 0.5, 0.0, 0.0], "the likeliest token always stays");
+        let mut w = vec![0.25; 4];
+        nucleus(&mut w, 1.0);
+        assert_eq!(w, vec![0.25; 4]);
+    }
 }

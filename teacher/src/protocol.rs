@@ -6,7 +6,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
+    /// Read as the API allows it: a string, `null` (a refusal, or a reply
+    /// that is all tool calls) or a list of text parts, joined.
+    #[serde(default, deserialize_with = "content_text")]
     pub content: String,
+    /// Why the model declined, when it did (`content` is then empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
 }
 
 impl Message {
@@ -14,6 +20,52 @@ impl Message {
         Message {
             role: role.into(),
             content: content.into(),
+            refusal: None,
+        }
+    }
+}
+
+/// One element of a list-form `content`.
+#[derive(Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+/// `content` as a string, `null`, or text parts (`[{"type": "text", "text":
+/// ...}]`, what current SDKs send), joined with newlines as vLLM joins them.
+/// Any other part type is an error naming it: this crate has no images or
+/// audio to give a model.
+fn content_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    use serde::de::Error;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Content {
+        Text(String),
+        Parts(Vec<ContentPart>),
+        Null(()),
+    }
+    match Content::deserialize(d).map_err(|_| D::Error::custom("expected a string, null or a list of content parts"))? {
+        Content::Text(s) => Ok(s),
+        Content::Null(()) => Ok(String::new()),
+        Content::Parts(parts) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for (i, p) in parts.into_iter().enumerate() {
+                match (p.kind.as_str(), p.text) {
+                    ("text", Some(t)) => texts.push(t),
+                    ("text", None) => {
+                        return Err(D::Error::custom(format!("content part {i}: a text part needs `text`")));
+                    }
+                    (other, _) => {
+                        return Err(D::Error::custom(format!(
+                            "content part {i} is of type {other:?}; only \"text\" parts are supported"
+                        )));
+                    }
+                }
+            }
+            Ok(texts.join("\n"))
         }
     }
 }
@@ -35,7 +87,7 @@ pub struct ChatRequest {
 }
 
 /// OpenAI's `stop` is a string or a list of strings.
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
@@ -111,4 +163,43 @@ pub struct ChatResponse {
 
 fn chat_completion() -> String {
     "chat.completion".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_are_read_tolerantly_content_parts_null_with_refusal_and_no_usage() {
+        let body = r#"{"model": "m", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": [{"type": "text", "text": "So"},
+                {"type": "text", "text": "the answer is 4."}]}, "finish_reason": "stop"},
+            {"index": 1, "message": {"role": "assistant", "content": null, "refusal": "I cannot help."}},
+            {"index": 2, "message": {"role": "assistant"}, "finish_reason": "stop", "logprobs": null}]}"#;
+        let r: ChatResponse = serde_json::from_str(body).unwrap();
+        assert_eq!(r.choices[0].message.content, "So\nthe answer is 4.");
+        assert_eq!(r.choices[1].message.content, "");
+        assert_eq!(r.choices[1].message.refusal.as_deref(), Some("I cannot help."));
+        assert_eq!(r.choices[2].message.content, "");
+        assert_eq!(r.usage, None);
+    }
+
+    #[test]
+    fn the_request_hash_does_not_change_with_the_refusal_field() {
+        let req = ChatRequest {
+            model: "m".into(),
+            messages: vec![Message::new("user", "q")],
+            temperature: 0.0,
+            max_tokens: 8,
+            n: 1,
+            seed: None,
+            stop: vec![],
+        };
+        // The hash of this request before `refusal` existed: caches and
+        // shards written then stay valid.
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"model":"m","messages":[{"role":"user","content":"q"}],"temperature":0.0,"max_tokens":8,"n":1}"#
+        );
+    }
 }

@@ -7,7 +7,7 @@ use stepwise_datasets::arith::{ArithSpec, check_solution, generate};
 use stepwise_datasets::shard::read_dir_rows;
 use stepwise_teacher::prompt::Prompts;
 use stepwise_teacher::protocol::{ChatRequest, Message};
-use stepwise_teacher::server::{self, ArithTeacher, Fault, Faults, ServerConfig};
+use stepwise_teacher::server::{self, ArithTeacher, ChatModel, Fault, Faults, ServerConfig};
 use stepwise_teacher::stage::{Price, TeachConfig, paths_in, teach};
 use stepwise_teacher::{ClientConfig, TeacherClient, TeacherError};
 
@@ -93,7 +93,9 @@ async fn the_solver_answers_exactly_and_the_mimic_wrongly_in_the_same_format() {
         .await
         .unwrap();
         let c = TeacherClient::new(client_cfg(srv.base_url())).unwrap();
-        let got = c.complete(&req(&ex.input), 100).await.unwrap();
+        let mut r = req(&ex.input);
+        r.model = teacher.name();
+        let got = c.complete(&r, 100).await.unwrap();
         let text = &got.response.choices[0].message.content;
         let ans = extract_answer(text).unwrap();
         assert_eq!(ans == ex.label, right, "{teacher:?}: {text}");

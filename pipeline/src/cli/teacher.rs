@@ -93,6 +93,16 @@ pub struct ServeArgs {
     /// The GGUF file the gguf backend serves.
     #[arg(long)]
     pub gguf: Option<std::path::PathBuf>,
+    /// A name requests may give as `model` (repeat for several; the first
+    /// is the one responses carry). Default: the backend's name, or the
+    /// GGUF file's name without `.gguf`.
+    #[arg(long = "served-model-name")]
+    pub served_model_names: Vec<String>,
+    /// Name of an environment variable holding an API key that requests
+    /// must send as `Authorization: Bearer KEY` (the key itself is never
+    /// taken on the command line, logged or stored).
+    #[arg(long)]
+    pub api_key_env: Option<String>,
     /// Most requests the gguf backend decodes as one batch.
     #[arg(long, default_value_t = 16)]
     pub max_batch: usize,
@@ -126,8 +136,19 @@ impl ServeArgs {
     pub fn config(&self) -> Result<ServerConfig> {
         let model =
             crate::gguf_teacher::local_backend(self.backend, self.gguf.as_deref(), &self.device, "--gguf FILE")?;
+        let api_key = match &self.api_key_env {
+            None => None,
+            Some(var) => Some(
+                std::env::var(var)
+                    .ok()
+                    .filter(|k| !k.is_empty())
+                    .ok_or_else(|| anyhow::anyhow!("--api-key-env {var}: the variable is not set"))?,
+            ),
+        };
         Ok(ServerConfig {
             model,
+            served_names: self.served_model_names.clone(),
+            api_key,
             max_batch: self.max_batch,
             latency: Duration::from_millis(self.latency_ms),
             faults: Faults {

@@ -26,13 +26,20 @@ pub fn python() -> PathBuf {
 /// `stepwise teacher serve` on a free loopback port with `extra` arguments;
 /// the child and the base URL it prints.
 pub fn serve<S: AsRef<OsStr>>(extra: &[S]) -> (Child, String) {
-    let mut srv = Command::new(env!("CARGO_BIN_EXE_stepwise"))
-        .args(["teacher", "serve", "--addr", "127.0.0.1:0"])
+    serve_with_env(extra, None)
+}
+
+/// [`serve`] with one more variable in the server's environment.
+pub fn serve_with_env<S: AsRef<OsStr>>(extra: &[S], env: Option<(&str, &str)>) -> (Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stepwise"));
+    cmd.args(["teacher", "serve", "--addr", "127.0.0.1:0"])
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    if let Some((k, v)) = env {
+        cmd.env(k, v);
+    }
+    let mut srv = cmd.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(srv.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let url = line

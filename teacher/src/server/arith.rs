@@ -36,8 +36,8 @@ impl ChatModel for ArithTeacher {
     }
 
     /// Answers the last user message, cut to `max_tokens` (four characters
-    /// a token, as [`approx_tokens`] counts); `stop` and `temperature` do
-    /// not apply to a deterministic teacher.
+    /// a token, as [`approx_tokens`] counts); `stop`, `temperature` and
+    /// `top_p` do not apply to a deterministic teacher.
     fn complete(&self, jobs: &[ModelJob]) -> Vec<Result<ModelOutput, String>> {
         jobs.iter()
             .map(|job| {
@@ -51,7 +51,8 @@ impl ChatModel for ArithTeacher {
                 // The seed these teachers have always used, not `ModelJob::seed`:
                 // the mimic's numbers for a given request stay what they were.
                 let seed = job.request_seed.unwrap_or(0) as u64 ^ (job.sample as u64 + 1);
-                let (text, finish_reason) = truncate_to_tokens(self.answer(question, seed), job.max_tokens);
+                let (text, finish_reason) =
+                    truncate_to_tokens(self.answer(question, seed), job.max_tokens.unwrap_or(u32::MAX));
                 Ok(ModelOutput {
                     completion_tokens: approx_tokens(&text),
                     prompt_tokens: job.messages.iter().map(|m| approx_tokens(&m.content)).sum(),

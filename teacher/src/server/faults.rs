@@ -4,12 +4,13 @@
 //! chat handler only ever answers properly; the faults are all here.
 
 use super::RequestNo;
+use super::api::ApiError;
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::{Arc, Mutex};
@@ -117,25 +118,13 @@ pub(super) async fn inject(
     }
     match fault {
         Fault::RateLimited => {
-            let mut r = (
-                StatusCode::TOO_MANY_REQUESTS,
-                Json(serde_json::json!({"error": {"message": "rate limited"}})),
-            )
-                .into_response();
+            let mut r = ApiError::rate_limited().into_response();
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(inj.faults.retry_after_s));
             r
         }
-        Fault::ServerError => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(serde_json::json!({"error": {"message": "injected"}})),
-        )
-            .into_response(),
-        Fault::Unauthorized => (
-            StatusCode::UNAUTHORIZED,
-            Json(serde_json::json!({"error": {"message": "invalid API key"}})),
-        )
-            .into_response(),
+        Fault::ServerError => ApiError::server("injected").into_response(),
+        Fault::Unauthorized => ApiError::unauthorized().into_response(),
         Fault::Garbage => (
             [(header::CONTENT_TYPE, "application/json")],
             "<html>502 Bad Gateway</html>",
@@ -161,12 +150,6 @@ async fn truncate(resp: Response) -> Response {
             Body::from(body.slice(..body.len() / 2)),
         )
             .into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(
-                serde_json::json!({"error": {"message": format!("reading the response: {e}"), "type": "server_error"}}),
-            ),
-        )
-            .into_response(),
+        Err(e) => ApiError::server(format!("reading the response: {e}")).into_response(),
     }
 }

@@ -7,33 +7,40 @@
 //! on a thread of its own. Added latency and injected faults ([`faults`])
 //! exercise clients as a slow, flaky provider would.
 
+pub mod api;
 pub mod arith;
 pub mod faults;
 
+pub use api::{ApiError, ChatCall, Streaming};
 pub use arith::ArithTeacher;
 pub use faults::{Fault, Faults};
 
 use crate::error::TeacherError;
-use crate::protocol::{ChatRequest, ChatResponse, Choice, Message, Usage};
+use crate::protocol::{ChatResponse, Choice, Message, Usage};
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 /// One completion a [`ChatModel`] is asked for: one sample of a request.
 #[derive(Debug, Clone)]
 pub struct ModelJob {
     pub messages: Vec<Message>,
-    pub max_tokens: u32,
+    /// `None`: until the model stops, within its own limit (its context).
+    pub max_tokens: Option<u32>,
     pub temperature: f32,
+    /// Nucleus sampling (1 keeps every token).
+    pub top_p: f32,
     /// The request's `seed`, as sent.
     pub request_seed: Option<i64>,
     /// Which of the request's `n` samples this is, from 0.
@@ -69,6 +76,33 @@ pub trait ChatModel: Send + Sync + 'static {
     fn name(&self) -> String;
     /// One result per job, in order.
     fn complete(&self, jobs: &[ModelJob]) -> Vec<Result<ModelOutput, String>>;
+    /// [`ChatModel::complete`], telling `on_text(job, delta)` the text as it
+    /// is decoded: the deltas of a job, joined, are its final text. Its
+    /// answer false means nobody waits for that job any more, and a model
+    /// that can stop early should. The default reports each text at the
+    /// end, in words (a fast model has nothing to gain from more).
+    fn complete_streaming(
+        &self,
+        jobs: &[ModelJob],
+        on_text: &mut dyn FnMut(usize, &str) -> bool,
+    ) -> Vec<Result<ModelOutput, String>> {
+        let outs = self.complete(jobs);
+        for (i, out) in outs.iter().enumerate() {
+            if let Ok(out) = out {
+                for word in out.text.split_inclusive(' ') {
+                    if !on_text(i, word) {
+                        break;
+                    }
+                }
+            }
+        }
+        outs
+    }
+    /// A job the model cannot run (a prompt longer than its context),
+    /// found before any work: the client gets a 400 naming it.
+    fn check(&self, _job: &ModelJob) -> Result<(), ApiError> {
+        Ok(())
+    }
     /// Whether jobs queue for a thread of the model's own, which hands it
     /// every job waiting at once (up to `max_batch`): a slow model must not
     /// hold up the server's runtime, and decodes faster in batches. A fast
@@ -83,6 +117,12 @@ pub trait ChatModel: Send + Sync + 'static {
 pub struct ServerConfig {
     /// What answers.
     pub model: Arc<dyn ChatModel>,
+    /// The names requests may give in `model` (vLLM's
+    /// `--served-model-name`); the first is the one responses carry. Empty:
+    /// the model's own [`ChatModel::name`].
+    pub served_names: Vec<String>,
+    /// When set, every `/v1` request must carry `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
     /// Most jobs handed at once to a model that is [`ChatModel::batched`].
     pub max_batch: usize,
     /// Added to every answer.
@@ -96,6 +136,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             model: Arc::new(ArithTeacher::Solver),
+            served_names: Vec::new(),
+            api_key: None,
             max_batch: 16,
             latency: Duration::ZERO,
             faults: Faults::default(),
@@ -113,15 +155,44 @@ pub struct Stats {
     pub completions: AtomicU64,
 }
 
-type Reply = tokio::sync::oneshot::Sender<Result<ModelOutput, String>>;
+/// What the model's side reports about one request's jobs (one per choice).
+#[derive(Debug)]
+enum Event {
+    /// More text of choice `.0`.
+    Text(u32, String),
+    /// Choice `.0` is complete.
+    Done(u32, Result<ModelOutput, String>),
+}
+
+/// A job on its way to the model's thread, with where its events go.
+struct Queued {
+    job: ModelJob,
+    choice: u32,
+    events: UnboundedSender<Event>,
+    /// Whether anyone reads its text as it comes.
+    stream: bool,
+}
 
 struct AppState {
     model: Arc<dyn ChatModel>,
-    /// Asked once: the name every response carries.
-    name: String,
+    /// What requests may ask for; the first is what responses carry.
+    names: Vec<String>,
+    api_key: Option<String>,
     /// Jobs for the model's worker thread, when it is batched.
-    jobs: Option<std::sync::mpsc::Sender<(ModelJob, Reply)>>,
+    jobs: Option<std::sync::mpsc::Sender<Queued>>,
     stats: Arc<Stats>,
+    /// When the server started: `created` of the model objects.
+    started: i64,
+}
+
+impl AppState {
+    fn name(&self) -> &str {
+        &self.names[0]
+    }
+
+    fn model_object(&self, id: &str) -> serde_json::Value {
+        serde_json::json!({"id": id, "object": "model", "created": self.started, "owned_by": "stepwise"})
+    }
 }
 
 /// A running server; dropping it does not stop it (call [`LocalServer::shutdown`]).
@@ -157,21 +228,34 @@ pub async fn start(addr: &str, cfg: ServerConfig) -> Result<LocalServer, Teacher
         .model
         .batched()
         .then(|| spawn_model_worker(cfg.model.clone(), cfg.max_batch.max(1)));
+    let names = if cfg.served_names.is_empty() {
+        vec![cfg.model.name()]
+    } else {
+        cfg.served_names
+    };
     let state = Arc::new(AppState {
-        name: cfg.model.name(),
+        names,
         model: cfg.model,
+        api_key: cfg.api_key,
         jobs,
         stats: stats.clone(),
+        started: chrono::Utc::now().timestamp(),
     });
     let injector = Arc::new(faults::Injector::new(cfg.faults, cfg.latency, cfg.seed));
     // Layers run last-added first: admit, then faults, then the handler.
     let chat_route = post(chat)
         .layer(from_fn_with_state(injector, faults::inject))
         .layer(from_fn_with_state(state.clone(), admit));
-    let app = Router::new()
+    let v1 = Router::new()
         .route("/v1/chat/completions", chat_route)
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
+        .layer(from_fn_with_state(state.clone(), authorize));
+    let app = v1
         .route("/stats", get(stats_handler))
+        .fallback(|req: Request| async move {
+            ApiError::not_found(format!("no route {} {}", req.method(), req.uri().path()))
+        })
         .with_state(state);
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
@@ -190,9 +274,11 @@ pub async fn start(addr: &str, cfg: ServerConfig) -> Result<LocalServer, Teacher
 }
 
 /// The model's thread: waits for a job, takes every other job already queued
-/// (up to `max_batch`), completes them together, answers each.
-fn spawn_model_worker(model: Arc<dyn ChatModel>, max_batch: usize) -> std::sync::mpsc::Sender<(ModelJob, Reply)> {
-    let (tx, rx) = std::sync::mpsc::channel::<(ModelJob, Reply)>();
+/// (up to `max_batch`), completes them together, reports each. A job whose
+/// request has gone (its events' receiver dropped) is not started, and a
+/// model that streams is told to drop it.
+fn spawn_model_worker(model: Arc<dyn ChatModel>, max_batch: usize) -> std::sync::mpsc::Sender<Queued> {
+    let (tx, rx) = std::sync::mpsc::channel::<Queued>();
     std::thread::Builder::new()
         .name("teacher-model".into())
         .spawn(move || {
@@ -204,12 +290,22 @@ fn spawn_model_worker(model: Arc<dyn ChatModel>, max_batch: usize) -> std::sync:
                         Err(_) => break,
                     }
                 }
-                let (jobs, replies): (Vec<ModelJob>, Vec<Reply>) = batch.into_iter().unzip();
+                batch.retain(|q| !q.events.is_closed());
+                if batch.is_empty() {
+                    continue;
+                }
+                let jobs: Vec<ModelJob> = batch.iter().map(|q| q.job.clone()).collect();
                 let t = std::time::Instant::now();
-                let outs = model.complete(&jobs);
+                let outs = model.complete_streaming(&jobs, &mut |i, delta| {
+                    let q = &batch[i];
+                    if q.stream && !delta.is_empty() {
+                        let _ = q.events.send(Event::Text(q.choice, delta.to_string()));
+                    }
+                    !q.events.is_closed()
+                });
                 tracing::debug!(batch = jobs.len(), secs = t.elapsed().as_secs_f64(), "model batch");
-                for (reply, out) in replies.into_iter().zip(outs) {
-                    let _ = reply.send(out);
+                for (q, out) in batch.iter().zip(outs) {
+                    let _ = q.events.send(Event::Done(q.choice, out));
                 }
             }
         })
@@ -217,8 +313,33 @@ fn spawn_model_worker(model: Arc<dyn ChatModel>, max_batch: usize) -> std::sync:
     tx
 }
 
+/// With an API key set, a `/v1` request without `Authorization: Bearer KEY`
+/// gets the API's 401 (the key is compared, never logged or echoed).
+async fn authorize(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &s.api_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(key.as_str()) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
 async fn models(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({"object": "list", "data": [{"id": s.name, "object": "model", "owned_by": "stepwise"}]}))
+    let data: Vec<_> = s.names.iter().map(|n| s.model_object(n)).collect();
+    Json(serde_json::json!({"object": "list", "data": data}))
+}
+
+async fn model(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    if s.names.contains(&id) {
+        Json(s.model_object(&id)).into_response()
+    } else {
+        ApiError::model_not_found(&id).into_response()
+    }
 }
 
 async fn stats_handler(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
@@ -236,7 +357,7 @@ struct RequestNo(u64);
 /// A chat request that parsed, which [`admit`] leaves in the request's
 /// extensions for the handler to take (read and parsed once).
 #[derive(Clone)]
-struct Admitted(ChatRequest);
+struct Admitted(ChatCall);
 
 impl<S: Send + Sync> FromRequestParts<S> for Admitted {
     type Rejection = Response;
@@ -245,133 +366,240 @@ impl<S: Send + Sync> FromRequestParts<S> for Admitted {
         parts
             .extensions
             .remove::<Admitted>()
-            .ok_or_else(|| server_error("the chat request was not admitted"))
+            .ok_or_else(|| ApiError::server("the chat request was not admitted").into_response())
     }
 }
 
 /// The chat route's outer middleware: reads the body (within axum's default
-/// limit), counts and numbers the request, and answers 400 to one that does
-/// not parse, with no latency and no fault draw.
+/// limit), counts and numbers the request, and answers the API's 400 to one
+/// that does not parse and 404 to an unknown model, with no latency and no
+/// fault draw.
 async fn admit(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let body = match Bytes::from_request(Request::from_parts(parts.clone(), body), &()).await {
         Ok(b) => b,
-        Err(rejection) => return rejection.into_response(),
+        Err(rejection) => return ApiError::bad_request(rejection.body_text(), None).into_response(),
     };
     let n = s.stats.requests.fetch_add(1, Ordering::SeqCst);
-    let chat: ChatRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            let msg = serde_json::json!({"error": {"message": format!("invalid request: {e}"), "type": "invalid_request_error"}});
-            return (StatusCode::BAD_REQUEST, Json(msg)).into_response();
-        }
+    let call = match ChatCall::parse(&body) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
     };
+    if !s.names.contains(&call.model) {
+        return ApiError::model_not_found(&call.model).into_response();
+    }
     let mut req = Request::from_parts(parts, Body::from(body));
     req.extensions_mut().insert(RequestNo(n));
-    req.extensions_mut().insert(Admitted(chat));
+    req.extensions_mut().insert(Admitted(call));
     next.run(req).await
 }
 
 async fn chat(
     State(s): State<Arc<AppState>>,
     Extension(RequestNo(n)): Extension<RequestNo>,
-    Admitted(req): Admitted,
+    Admitted(call): Admitted,
 ) -> Response {
-    let jobs = jobs_for(req);
-    let outs = match &s.jobs {
-        Some(queue) => queued(queue, jobs).await,
-        None => inline(s.model.as_ref(), &jobs),
-    };
-    let outs = match outs {
-        Ok(outs) => outs,
-        Err(e) => return server_error(&e),
-    };
-    let mut choices = Vec::with_capacity(outs.len());
-    let mut usage = Usage::default();
-    for (i, out) in outs.into_iter().enumerate() {
-        usage.prompt_tokens = out.prompt_tokens;
-        usage.completion_tokens += out.completion_tokens;
-        choices.push(Choice {
-            index: i as u32,
-            message: Message::new("assistant", out.text),
-            finish_reason: Some(out.finish_reason.into()),
-        });
+    let jobs = jobs_for(&call);
+    if let Err(e) = s.model.check(&jobs[0]) {
+        return e.into_response();
     }
-    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    let (tx, rx) = unbounded_channel();
+    let streaming = call.stream.is_some();
+    match &s.jobs {
+        Some(queue) => {
+            for (choice, job) in jobs.into_iter().enumerate() {
+                let q = Queued {
+                    job,
+                    choice: choice as u32,
+                    events: tx.clone(),
+                    stream: streaming,
+                };
+                if queue.send(q).is_err() {
+                    return ApiError::server("the model thread has stopped").into_response();
+                }
+            }
+        }
+        None => inline(s.model.as_ref(), &jobs, &tx, streaming),
+    }
+    drop(tx);
     s.stats.completions.fetch_add(1, Ordering::SeqCst);
-    let resp = ChatResponse {
+    let head = Head {
         id: format!("chatcmpl-{n}"),
-        object: "chat.completion".into(),
         created: chrono::Utc::now().timestamp(),
-        model: s.name.clone(),
-        choices,
-        usage: Some(usage),
+        model: s.name().to_string(),
+        n: call.n,
     };
-    Json(resp).into_response()
+    match call.stream {
+        Some(opts) => stream(head, opts, rx),
+        None => match collect(head.n, rx).await {
+            Ok((choices, usage)) => Json(ChatResponse {
+                id: head.id,
+                object: "chat.completion".into(),
+                created: head.created,
+                model: head.model,
+                choices,
+                usage: Some(usage),
+            })
+            .into_response(),
+            Err(e) => e.into_response(),
+        },
+    }
 }
 
-/// One job per sample (at least one); the last takes the request's
-/// messages rather than a copy.
-fn jobs_for(req: ChatRequest) -> Vec<ModelJob> {
-    let n = req.n.max(1);
-    let mut jobs: Vec<ModelJob> = (0..n - 1)
+/// One job per sample.
+fn jobs_for(call: &ChatCall) -> Vec<ModelJob> {
+    (0..call.n.max(1))
         .map(|sample| ModelJob {
-            messages: req.messages.clone(),
-            max_tokens: req.max_tokens,
-            temperature: req.temperature,
-            request_seed: req.seed,
+            messages: call.messages.clone(),
+            max_tokens: call.max_tokens,
+            temperature: call.temperature,
+            top_p: call.top_p,
+            request_seed: call.seed,
             sample,
-            stop: req.stop.clone(),
+            stop: call.stop.clone(),
+        })
+        .collect()
+}
+
+/// A fast model's answers, on the calling thread, reported as the model
+/// thread reports them.
+fn inline(model: &dyn ChatModel, jobs: &[ModelJob], events: &UnboundedSender<Event>, stream: bool) {
+    let mut outs = model.complete_streaming(jobs, &mut |i, delta| {
+        if stream && !delta.is_empty() {
+            let _ = events.send(Event::Text(i as u32, delta.to_string()));
+        }
+        true
+    });
+    outs.resize_with(jobs.len(), || Err("the model gave no answer".into()));
+    for (i, out) in outs.into_iter().enumerate().take(jobs.len()) {
+        let _ = events.send(Event::Done(i as u32, out));
+    }
+}
+
+/// What every chunk of one response repeats.
+struct Head {
+    id: String,
+    created: i64,
+    model: String,
+    n: u32,
+}
+
+impl Head {
+    fn chunk(&self, choices: serde_json::Value, usage: Option<serde_json::Value>) -> Bytes {
+        let mut c = serde_json::json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created,
+            "model": self.model, "system_fingerprint": null, "choices": choices,
+        });
+        if let Some(u) = usage {
+            c["usage"] = u;
+        }
+        sse(&c)
+    }
+}
+
+fn sse(data: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("data: {data}\n\n"))
+}
+
+/// The `n` choices of a non-streamed answer and their usage; the first
+/// failed job fails the request.
+async fn collect(n: u32, mut rx: UnboundedReceiver<Event>) -> Result<(Vec<Choice>, Usage), ApiError> {
+    let mut outs: Vec<Option<ModelOutput>> = vec![None; n as usize];
+    let mut left = n;
+    while left > 0 {
+        match rx.recv().await {
+            Some(Event::Done(i, Ok(out))) => {
+                outs[i as usize] = Some(out);
+                left -= 1;
+            }
+            Some(Event::Done(_, Err(e))) => return Err(ApiError::server(e)),
+            Some(Event::Text(..)) => {}
+            None => return Err(ApiError::server("the model thread dropped the request")),
+        }
+    }
+    let mut usage = Usage::default();
+    let choices = outs
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, out)| {
+            usage.prompt_tokens = out.prompt_tokens;
+            usage.completion_tokens += out.completion_tokens;
+            Choice {
+                index: i as u32,
+                message: Message::new("assistant", out.text),
+                finish_reason: Some(out.finish_reason.into()),
+            }
         })
         .collect();
-    jobs.push(ModelJob {
-        messages: req.messages,
-        max_tokens: req.max_tokens,
-        temperature: req.temperature,
-        request_seed: req.seed,
-        sample: n - 1,
-        stop: req.stop,
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    Ok((choices, usage))
+}
+
+/// A streamed answer: server-sent `chat.completion.chunk` events (the
+/// role, the text as the model reports it, the finish reason, per choice;
+/// the usage last when asked for), then `data: [DONE]`. A job that fails
+/// midway sends the API's error object and ends the stream. When the
+/// client goes, the body is dropped, and with it the events' receiver:
+/// the model thread sees that and stops decoding for it.
+fn stream(head: Head, opts: Streaming, mut rx: UnboundedReceiver<Event>) -> Response {
+    let (out, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
+    tokio::spawn(async move {
+        let usage_null = opts.include_usage.then_some(serde_json::Value::Null);
+        let choice = |i: u32, delta: serde_json::Value, finish: Option<&str>| serde_json::json!([{"index": i, "delta": delta, "logprobs": null, "finish_reason": finish}]);
+        for i in 0..head.n {
+            let first = head.chunk(
+                choice(i, serde_json::json!({"role": "assistant", "content": ""}), None),
+                usage_null.clone(),
+            );
+            if out.send(Ok(first)).await.is_err() {
+                return;
+            }
+        }
+        let mut usage = Usage::default();
+        let mut left = head.n;
+        while left > 0 {
+            let frame = match rx.recv().await {
+                Some(Event::Text(i, text)) => head.chunk(
+                    choice(i, serde_json::json!({"content": text}), None),
+                    usage_null.clone(),
+                ),
+                Some(Event::Done(i, Ok(o))) => {
+                    left -= 1;
+                    usage.prompt_tokens = o.prompt_tokens;
+                    usage.completion_tokens += o.completion_tokens;
+                    head.chunk(
+                        choice(i, serde_json::json!({}), Some(o.finish_reason)),
+                        usage_null.clone(),
+                    )
+                }
+                Some(Event::Done(_, Err(e))) => {
+                    let _ = out.send(Ok(sse(&ApiError::server(e).body()))).await;
+                    return;
+                }
+                None => {
+                    let e = ApiError::server("the model thread dropped the request");
+                    let _ = out.send(Ok(sse(&e.body()))).await;
+                    return;
+                }
+            };
+            if out.send(Ok(frame)).await.is_err() {
+                return;
+            }
+        }
+        if opts.include_usage {
+            usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+            let u = serde_json::to_value(usage).expect("usage serialises");
+            if out.send(Ok(head.chunk(serde_json::json!([]), Some(u)))).await.is_err() {
+                return;
+            }
+        }
+        let _ = out.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
     });
-    jobs
-}
-
-/// A fast model's answers, on the calling thread; the first error fails the request.
-fn inline(model: &dyn ChatModel, jobs: &[ModelJob]) -> Result<Vec<ModelOutput>, String> {
-    let outs = model.complete(jobs);
-    if outs.len() != jobs.len() {
-        return Err(format!("the model answered {} of {} jobs", outs.len(), jobs.len()));
-    }
-    outs.into_iter().collect()
-}
-
-/// A batched model's answers: each job queued for its thread, where it may
-/// join other requests' jobs; the first error fails the request.
-async fn queued(
-    queue: &std::sync::mpsc::Sender<(ModelJob, Reply)>,
-    jobs: Vec<ModelJob>,
-) -> Result<Vec<ModelOutput>, String> {
-    let mut waiting = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if queue.send((job, tx)).is_err() {
-            return Err("the model thread has stopped".into());
-        }
-        waiting.push(rx);
-    }
-    let mut outs = Vec::with_capacity(waiting.len());
-    for rx in waiting {
-        match rx.await {
-            Ok(out) => outs.push(out?),
-            Err(_) => return Err("the model thread dropped the request".into()),
-        }
-    }
-    Ok(outs)
-}
-
-fn server_error(msg: &str) -> Response {
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Json(serde_json::json!({"error": {"message": msg, "type": "server_error"}})),
-    )
-        .into_response()
+    let body = futures::stream::unfold(body_rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+    let mut resp = Body::from_stream(body).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
 }
