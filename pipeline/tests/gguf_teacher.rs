@@ -6,7 +6,7 @@
 use std::process::Command;
 
 mod common;
-use common::{in_ci, python, root, serve};
+use common::{in_ci, python, serve};
 
 const CLIENT: &str = r#"
 import sys
@@ -28,19 +28,7 @@ print(repr([ch.message.content for ch in r.choices]))
 
 #[test]
 fn the_gguf_backend_serves_smollm2_to_real_clients() {
-    let model = root().join("data/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !model.exists() {
-        assert!(
-            !in_ci(),
-            "{} is missing: run scripts/setup-data.sh --full",
-            model.display()
-        );
-        eprintln!(
-            "SKIPPED: {} is missing: run scripts/setup-data.sh --full",
-            model.display()
-        );
-        return;
-    }
+    let Some(model) = common::smollm2() else { return };
     let (mut srv, url) = serve(&[
         "--backend".as_ref(),
         "gguf".as_ref(),

@@ -117,19 +117,7 @@ fn the_mimic_behind_an_api_key_accepts_every_request_shape_and_refuses_a_wrong_k
 
 #[test]
 fn the_gguf_backend_accepts_every_request_shape_and_streams_as_it_decodes() {
-    let model = root().join("data/models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !model.exists() {
-        assert!(
-            !in_ci(),
-            "{} is missing: run scripts/setup-data.sh --full",
-            model.display()
-        );
-        eprintln!(
-            "SKIPPED: {} is missing: run scripts/setup-data.sh --full",
-            model.display()
-        );
-        return;
-    }
+    let Some(model) = common::smollm2() else { return };
     conformance(
         &[
             "--backend".as_ref(),

@@ -128,7 +128,9 @@ def _():
         assert ch.usage is None, ch
         for c in ch.choices:
             texts[c.index] += c.delta.content or ""
-    assert texts[0] and texts[0] == texts[1], texts
+    whole = client.chat.completions.create(model=M, messages=user(), temperature=0, max_tokens=MT, n=2)
+    want = {c.index: c.message.content for c in whole.choices}
+    assert texts[0] and texts == want, (texts, want)
 
 
 @check("raw HTTP: a curl-style body, no content-type, SSE ends with [DONE]")

@@ -49,3 +49,16 @@ pub fn serve_with_env<S: AsRef<OsStr>>(extra: &[S], env: Option<(&str, &str)>) -
         .to_string();
     (srv, url)
 }
+
+/// The registry SmolLM2-135M-Instruct GGUF, or `None` when it is missing
+/// (a skip outside CI, a failure in it).
+pub fn smollm2() -> Option<PathBuf> {
+    let model = root().join("data/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !model.exists() {
+        let msg = format!("{} is missing: run scripts/setup-data.sh --full", model.display());
+        assert!(!in_ci(), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+        return None;
+    }
+    Some(model)
+}
