@@ -119,11 +119,14 @@ pub fn teach(a: &TeachArgs) -> Result<()> {
     digests.save()?;
     stages::data::run(&plan, &checked.data_identity)?;
     if a.dry_run {
-        let e = stages::teach::dry_run(&plan, &checked.teach)?;
+        let (e, time) = stages::teach::dry_run(&plan, &checked.teach)?;
         println!(
             "would send {} requests: ~{} prompt tokens, at most {} completion tokens, at most ${:.4}",
             e.requests, e.prompt_tokens, e.max_completion_tokens, e.max_cost_usd
         );
+        if let Some(t) = time {
+            println!("time: {t}");
+        }
         return Ok(());
     }
     stages::teach::run(&plan, checked.teach)

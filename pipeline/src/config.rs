@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use stepwise_student::TrainConfig;
 use stepwise_student::data::Variant;
 use stepwise_student::lora::LoraConfig;
+use stepwise_teacher::prompt::PromptStyle;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -98,18 +99,28 @@ pub struct TeacherSection {
     pub backend: LocalBackend,
     /// The GGUF file the `gguf` backend serves.
     pub gguf: Option<PathBuf>,
-    /// Most requests the `gguf` backend decodes as one batch.
-    pub max_batch: usize,
+    /// Most requests the `gguf` backend decodes as one batch; unset: from
+    /// the machine and the model (see `stages::teach`).
+    pub max_batch: Option<usize>,
     /// Where the `gguf` backend runs: `cpu`, `cuda`, `cuda:N` or `auto`.
     pub device: String,
     pub base_url: String,
     pub model: String,
     /// Name of the environment variable holding the API key (never the key).
     pub api_key_env: Option<String>,
-    pub concurrency: usize,
+    /// Requests in flight; unset: 16, or for the `gguf` backend what it
+    /// decodes at once.
+    pub concurrency: Option<usize>,
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u32>,
-    pub timeout_s: f64,
+    /// The longest the teacher may send nothing before an attempt times
+    /// out (with streaming, between chunks; `timeout_s` is the old name).
+    #[serde(alias = "timeout_s")]
+    pub idle_timeout_s: f64,
+    /// A cap on each attempt's whole time (none by default).
+    pub total_timeout_s: Option<f64>,
+    /// Ask for streamed answers (every OpenAI-compatible server streams).
+    pub stream: bool,
     /// Retries of a failed request (429, 5xx, time-outs) after the first attempt.
     pub max_retries: u32,
     /// Rows per sealed shard file.
@@ -121,6 +132,9 @@ pub struct TeacherSection {
     pub max_tokens: u32,
     pub seed: Option<i64>,
     pub prompt_dir: Option<PathBuf>,
+    /// `chat`: few-shot examples as chat turns; `plain`: the template's
+    /// text as one user message (servers that continue text).
+    pub prompt_style: PromptStyle,
     /// Keep only rationales whose answer agrees with gold. (It chooses the
     /// students' training rows: part of the train identity, not the teacher's.)
     pub require_gold: bool,
@@ -138,15 +152,17 @@ impl Default for TeacherSection {
             kind: TeacherKind::Local,
             backend: LocalBackend::Solver,
             gguf: None,
-            max_batch: 16,
+            max_batch: None,
             device: "cpu".into(),
             base_url: String::new(),
             model: String::new(),
             api_key_env: None,
-            concurrency: 16,
+            concurrency: None,
             requests_per_minute: None,
             tokens_per_minute: None,
-            timeout_s: 120.0,
+            idle_timeout_s: 120.0,
+            total_timeout_s: None,
+            stream: true,
             max_retries: 6,
             rows_per_shard: 5000,
             keep_raw: false,
@@ -155,6 +171,7 @@ impl Default for TeacherSection {
             max_tokens: 256,
             seed: None,
             prompt_dir: None,
+            prompt_style: PromptStyle::Chat,
             require_gold: true,
             min_vote_share: 0.0,
             rationalize: false,
@@ -262,6 +279,16 @@ impl RunConfig {
             && self.teacher.gguf.is_none()
         {
             return Err("teacher.gguf: give the GGUF file when teacher.backend = \"gguf\"".into());
+        }
+        let t = &self.teacher;
+        if !(t.idle_timeout_s > 0.0 && t.idle_timeout_s.is_finite()) {
+            return Err(format!("teacher.idle_timeout_s = {}: must be above 0", t.idle_timeout_s));
+        }
+        if let Some(x) = t.total_timeout_s.filter(|x| !(*x > 0.0 && x.is_finite())) {
+            return Err(format!("teacher.total_timeout_s = {x}: must be above 0 (or left out)"));
+        }
+        if t.max_batch == Some(0) || t.concurrency == Some(0) {
+            return Err("teacher.max_batch and teacher.concurrency: at least 1 (or left out for the default)".into());
         }
         if self.teacher.kind == TeacherKind::Http && self.teacher.base_url.is_empty() {
             return Err("teacher.base_url: required when teacher.kind = \"http\"".into());

@@ -53,6 +53,31 @@ pub struct GgufTeacher {
     dtype: DType,
     /// The model's context length.
     context: usize,
+    /// Whether it runs on a GPU.
+    gpu: bool,
+}
+
+/// Tokens of context a batch row is sized for when choosing the batch: a
+/// few-shot prompt and its answer.
+const ROW_TOKENS: usize = 1024;
+
+/// The batch size for a model on this machine: on a CPU, batched decoding
+/// gains while each core has rows to work on and stops gaining when the
+/// cores are saturated (8 rows a core, at most 16); on a GPU, 64. Either is
+/// cut so the rows' KV cache fits in a quarter of the free memory.
+pub fn batch_for(cfg: &stepwise_student::Config, gpu: bool, cores: usize, free_bytes: Option<u64>) -> usize {
+    let compute = if gpu { 64 } else { (8 * cores.max(1)).min(16) };
+    let kv_per_row = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim() * 4 * ROW_TOKENS;
+    let by_memory = free_bytes.map_or(usize::MAX, |f| (f / 4 / kv_per_row.max(1) as u64) as usize);
+    compute.min(by_memory).max(1)
+}
+
+/// `MemAvailable` from `/proc/meminfo`, where there is one.
+fn free_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 impl GgufTeacher {
@@ -74,6 +99,7 @@ impl GgufTeacher {
         let context = model.config.max_position_embeddings;
         let name = served_name(path);
         Ok(GgufTeacher {
+            gpu: !device.is_cpu(),
             dtype: compute_dtype(&device),
             model,
             tokenizer,
@@ -214,11 +240,28 @@ impl ChatModel for GgufTeacher {
     fn check(&self, job: &ModelJob) -> Result<(), ApiError> {
         self.prompt_ids(job).map(|_| ()).map_err(ApiError::context_length)
     }
+
+    fn suggested_batch(&self) -> Option<usize> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Some(batch_for(&self.model.config, self.gpu, cores, if self.gpu { None } else { free_memory() }))
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::settled;
+    use super::{batch_for, settled};
+
+    #[test]
+    fn the_batch_follows_the_cores_and_fits_the_kv_cache_in_memory() {
+        // Qwen2.5-1.5B's shape: 28 layers, 2 KV heads of 128.
+        let mut cfg = stepwise_student::Config::tiny(0, 1536, 28, 12, 2);
+        cfg.max_position_embeddings = 32768;
+        assert_eq!(batch_for(&cfg, false, 2, Some(24 << 30)), 16);
+        assert_eq!(batch_for(&cfg, false, 1, Some(24 << 30)), 8);
+        assert_eq!(batch_for(&cfg, true, 2, None), 64);
+        // 28 * 2 * 128 * 2 * 4 bytes a token, 1024 tokens a row: 56 MiB; a quarter of 224 MiB holds one row.
+        assert_eq!(batch_for(&cfg, false, 2, Some(224 << 20)), 1);
+    }
 
     #[test]
     fn settled_text_holds_back_what_a_stop_string_or_the_next_token_may_change() {

@@ -36,6 +36,10 @@ pub struct Plan {
     pub eval: EvalSection,
 }
 
+/// Requests in flight when the config does not say (a remote server's
+/// rate limits are its own; a local gguf teacher's is its batch size).
+pub const DEFAULT_CONCURRENCY: usize = 16;
+
 /// Where the teacher runs.
 #[derive(Debug, Clone)]
 pub enum Endpoint {
@@ -43,7 +47,8 @@ pub enum Endpoint {
     Local {
         backend: LocalBackend,
         gguf: Option<PathBuf>,
-        max_batch: usize,
+        /// Unset: chosen when the model is loaded (`stages::teach`).
+        max_batch: Option<usize>,
         device: String,
     },
     /// Any OpenAI-compatible server.
@@ -191,7 +196,7 @@ impl Plan {
                 t.model.clone(),
             ),
         };
-        let prompts = Prompts::load(t.prompt_dir.as_deref()).with_context(|| {
+        let prompts = Prompts::load(t.prompt_dir.as_deref(), t.prompt_style).with_context(|| {
             format!(
                 "teacher.prompt_dir = {}",
                 t.prompt_dir
@@ -205,10 +210,13 @@ impl Plan {
                 base_url: t.base_url.clone(),
                 model,
                 api_key_env: t.api_key_env.clone(),
-                concurrency: t.concurrency,
+                // A local gguf teacher's default comes with its batch size.
+                concurrency: t.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
                 requests_per_minute: t.requests_per_minute,
                 tokens_per_minute: t.tokens_per_minute,
-                timeout: Duration::from_secs_f64(t.timeout_s),
+                idle_timeout: Duration::from_secs_f64(t.idle_timeout_s),
+                total_timeout: t.total_timeout_s.map(Duration::from_secs_f64),
+                stream: t.stream,
                 max_retries: t.max_retries,
                 ..Default::default()
             },

@@ -101,6 +101,9 @@ async fn changing_an_operational_knob_after_a_finished_run_redoes_nothing() {
     let knobs = [
         ("teacher", "concurrency = 3"),
         ("teacher", "timeout_s = 7.5"),
+        ("teacher", "idle_timeout_s = 9.5"),
+        ("teacher", "total_timeout_s = 60.0"),
+        ("teacher", "stream = false"),
         ("teacher", "requests_per_minute = 100000"),
         ("teacher", "tokens_per_minute = 10000000"),
         ("teacher", "max_retries = 2"),

@@ -132,7 +132,10 @@ pub fn decode_batch(
 
 /// [`decode_batch`], calling `on_token(row, so_far)` each time a row gains a
 /// token or stops: a server streams from it. A row for which it returns
-/// false ends there (its client has gone), and the batch goes on without it.
+/// false ends there (its client has gone). A row that ends, for any reason,
+/// leaves the batch at the next step (its KV cache rows are dropped), so the
+/// rest decode at the cost of the rows still running; each row's tokens are
+/// the same as when it decodes alone.
 pub fn decode_batch_with(
     model: &Llama,
     tok: &StudentTokenizer,
@@ -176,18 +179,20 @@ pub fn decode_batch_with(
         None,
         dtype,
     )?;
-    let mut next = pick(&logits.narrow(1, l - 1, 1)?.squeeze(1)?, opts, &mut samplers)?;
+    // The original rows still in the batch, in the order of its tensors.
+    let mut live: Vec<usize> = (0..b).collect();
+    let mut next = pick(&logits.narrow(1, l - 1, 1)?.squeeze(1)?, &live, opts, &mut samplers)?;
     let mut done: Vec<bool> = opts.iter().map(|o| o.max_new_tokens == 0).collect();
     for step in 0..max_new {
-        for r in 0..b {
+        for (k, &r) in live.iter().enumerate() {
             if done[r] {
                 continue;
             }
-            if tok.is_stop(next[r]) {
+            if tok.is_stop(next[k]) {
                 out[r].stopped = true;
                 done[r] = true;
             } else {
-                out[r].ids.push(next[r]);
+                out[r].ids.push(next[k]);
                 done[r] = out[r].ids.len() >= opts[r].max_new_tokens;
                 if !opts[r].stop.is_empty() {
                     let ids = &out[r].ids;
@@ -202,19 +207,26 @@ pub fn decode_batch_with(
                 done[r] = true;
             }
         }
-        if done.iter().all(|&d| d) {
+        let keep: Vec<usize> = (0..live.len()).filter(|&k| !done[live[k]]).collect();
+        if keep.is_empty() {
             break;
         }
-        let pos: Vec<u32> = prompts.iter().map(|p| (p.len() + step) as u32).collect();
+        if keep.len() < live.len() {
+            cache.retain_rows(&keep)?;
+            next = keep.iter().map(|&k| next[k]).collect();
+            live = keep.iter().map(|&k| live[k]).collect();
+        }
+        let row_pads: Vec<usize> = live.iter().map(|&r| pads[r]).collect();
+        let pos: Vec<u32> = live.iter().map(|&r| (prompts[r].len() + step) as u32).collect();
         let logits = model.forward(
-            &Tensor::from_vec(next.clone(), (b, 1), &dev)?,
-            &Tensor::from_vec(pos, (b, 1), &dev)?,
-            &left_padded_mask(&pads, 1, l + step, &dev)?,
+            &Tensor::from_vec(next.clone(), (live.len(), 1), &dev)?,
+            &Tensor::from_vec(pos, (live.len(), 1), &dev)?,
+            &left_padded_mask(&row_pads, 1, l + step, &dev)?,
             Some(&mut cache),
             None,
             dtype,
         )?;
-        next = pick(&logits.squeeze(1)?, opts, &mut samplers)?;
+        next = pick(&logits.squeeze(1)?, &live, opts, &mut samplers)?;
     }
     Ok(out)
 }
@@ -239,26 +251,27 @@ fn nucleus(w: &mut [f64], top_p: f64) {
     }
 }
 
-/// The next token of every row from `(b, vocab)` logits: the argmax, or a
-/// sample from softmax(logits / temperature).
-fn pick(logits: &Tensor, opts: &[Decode], samplers: &mut [Option<ChaCha8Rng>]) -> Result<Vec<u32>> {
+/// The next token of every row from `(rows, vocab)` logits, row `k` being
+/// the batch's row `rows[k]`: the argmax, or a sample from
+/// softmax(logits / temperature).
+fn pick(logits: &Tensor, rows: &[usize], opts: &[Decode], samplers: &mut [Option<ChaCha8Rng>]) -> Result<Vec<u32>> {
     let mut next: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
-    if samplers.iter().all(|s| s.is_none()) {
+    if rows.iter().all(|&r| samplers[r].is_none()) {
         return Ok(next);
     }
-    let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
-    for (r, rng) in samplers.iter_mut().enumerate() {
-        let Some(rng) = rng else { continue };
+    let all: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+    for (k, &r) in rows.iter().enumerate() {
+        let Some(rng) = &mut samplers[r] else { continue };
         let t = opts[r].temperature;
-        let max = rows[r].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut w: Vec<f64> = rows[r].iter().map(|&x| (((x - max) / t) as f64).exp()).collect();
+        let max = all[k].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut w: Vec<f64> = all[k].iter().map(|&x| (((x - max) / t) as f64).exp()).collect();
         if opts[r].top_p < 1.0 {
             nucleus(&mut w, opts[r].top_p as f64);
         }
         let mut u = rng.random_range(0.0..w.iter().sum::<f64>());
         for (i, wi) in w.iter().enumerate() {
             if u < *wi {
-                next[r] = i as u32;
+                next[k] = i as u32;
                 break;
             }
             u -= wi;

@@ -158,6 +158,20 @@ impl KvCache {
         self.layers[l] = Some((k.detach(), v.detach()));
         Ok((k, v))
     }
+
+    /// Keeps only the batch rows `rows` (dim 0), in that order: a decoding
+    /// batch drops the rows that have finished.
+    pub fn retain_rows(&mut self, rows: &[usize]) -> Result<()> {
+        let Some(dev) = self.layers.iter().flatten().next().map(|(k, _)| k.device().clone()) else {
+            return Ok(());
+        };
+        let idx = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), &dev)?;
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(&idx, 0)?;
+            *v = v.index_select(&idx, 0)?;
+        }
+        Ok(())
+    }
 }
 
 /// From this many rows (a prompt's prefill) a Q8_0 projection is dequantised

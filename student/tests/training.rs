@@ -313,3 +313,44 @@ fn only_the_newest_checkpoints_are_kept_when_asked() {
     again.keep_checkpoints = 0;
     assert_eq!(again.hash(), c.hash());
 }
+
+#[test]
+fn rows_that_end_or_are_dropped_leave_the_batch_without_changing_the_others() {
+    use stepwise_student::generate::{Decode, decode_batch, decode_batch_with};
+    let data = toy(48, 6);
+    let tok = tokenizer(&data);
+    let mut s = student(&tok);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(30);
+    c.dropout = 0.0;
+    c.optimizer.lr = 3e-3;
+    train(dir.path(), &mut s, &c, &data, &[], DType::F32, |_| {}).unwrap();
+    let m = s.model.llama().unwrap();
+    let prompts: Vec<Vec<u32>> = ["add 1 2", "add 9 0 4 7 7 1 2", "add 5", "add 3 3"]
+        .iter()
+        .map(|p| tok.encode(&prompt(Task::Rationale, p)).unwrap())
+        .collect();
+    let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+    // Rows of different lengths end at different steps; one samples.
+    let mut opts = vec![Decode::greedy(2), Decode::greedy(12), Decode::greedy(5), Decode::greedy(12)];
+    opts[3].temperature = 0.9;
+    opts[3].seed = 7;
+    let batched = decode_batch(m, &tok, &refs, &opts, DType::F32).unwrap();
+    for (r, p) in refs.iter().enumerate() {
+        let alone = decode_batch(m, &tok, std::slice::from_ref(p), &opts[r..=r], DType::F32).unwrap();
+        assert_eq!(alone[0], batched[r], "row {r} alone and in a batch whose rows end early");
+    }
+    assert!(batched[1].ids.len() > 3, "row 1 runs long enough to be dropped midway");
+    // A row whose reader has gone stops at once; the others go on unchanged.
+    let mut calls = [0usize; 4];
+    let dropped = decode_batch_with(m, &tok, &refs, &opts, DType::F32, &mut |r, _| {
+        calls[r] += 1;
+        !(r == 1 && calls[r] >= 3)
+    })
+    .unwrap();
+    assert_eq!(calls[1], 3, "the dropped row is not decoded past the step its reader left");
+    assert_eq!(dropped[1].ids, batched[1].ids[..3].to_vec());
+    for r in [0, 2, 3] {
+        assert_eq!(dropped[r], batched[r], "row {r} after row 1 was dropped");
+    }
+}

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use stepwise_datasets::arith::{ArithSpec, generate};
 use stepwise_teacher::ClientConfig;
-use stepwise_teacher::prompt::Prompts;
+use stepwise_teacher::prompt::{PromptStyle, Prompts};
 use stepwise_teacher::server::{self, ServerConfig};
 use stepwise_teacher::stage::{Price, TeachConfig, paths_in, teach};
 
@@ -78,11 +78,15 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join(".venv/bin/python"));
     for c in [64usize, 256] {
+      // One JSON body per answer, as the httpx client asks; then streamed
+      // (the default), to show what streaming costs the client.
+      for stream in [false, true] {
         let dir = tempfile::tempdir().unwrap();
         let cfg = TeachConfig {
             client: ClientConfig {
                 base_url: url.clone(),
                 concurrency: c,
+                stream,
                 ..Default::default()
             },
             temperature: 0.0,
@@ -90,7 +94,7 @@ fn main() {
             n: 1,
             seed: None,
             model_digest: None,
-            prompts: Prompts::load(None).unwrap(),
+            prompts: Prompts::load(None, PromptStyle::Plain).unwrap(),
             rows_per_shard: 100_000,
             price: Price::default(),
             budget_usd: None,
@@ -105,13 +109,17 @@ fn main() {
         assert_eq!(s.rows_written as usize, n);
         let bound = c as f64 / (latency_ms as f64 / 1000.0);
         let rps = n as f64 / wall;
+        let label = if stream { "streamed" } else { "stepwise" };
         println!(
-            "stepwise  C={c:<4} {rps:8.1} req/s = {:5.1}% of C/L = {bound:.0};  client CPU {:.3} s per 1000 requests ({:.3} user, {:.3} system)",
+            "{label:<9} C={c:<4} {rps:8.1} req/s = {:5.1}% of C/L = {bound:.0};  client CPU {:.3} s per 1000 requests ({:.3} user, {:.3} system)",
             100.0 * rps / bound,
             1000.0 * cpu / n as f64,
             1000.0 * user / n as f64,
             1000.0 * sys / n as f64
         );
+        if stream {
+            continue;
+        }
         let out = dir.path().join("py.jsonl");
         match Command::new(&py)
             .arg(root.join("bench/teacher_client_httpx.py"))
@@ -138,6 +146,7 @@ fn main() {
             Ok(o) => println!("httpx side failed: {}", String::from_utf8_lossy(&o.stderr)),
             Err(e) => println!("cannot run {} ({e}): run scripts/setup-data.sh", py.display()),
         }
+      }
     }
     drop(child.stdin.take());
     let _ = child.wait();

@@ -1,9 +1,16 @@
 //! [`TeacherClient`]: an OpenAI-compatible chat client with bounded
 //! concurrency, request and token rate limits, timeouts, and retries with
 //! exponential backoff, full jitter and `Retry-After`.
+//!
+//! Answers are streamed by default (`stream: true`, server-sent chunks
+//! assembled into one [`ChatResponse`]), so the time-out measures liveness:
+//! a request fails when the server has sent nothing for `idle_timeout`,
+//! however long a live answer takes; `total_timeout` caps the whole answer
+//! when a user wants that too.
 
 use crate::error::TeacherError;
-use crate::protocol::{ChatRequest, ChatResponse};
+use crate::protocol::{ChatRequest, ChatResponse, Choice, Message, Usage};
+use serde::{Deserialize, Serialize};
 use governor::{DefaultDirectRateLimiter, Quota};
 use rand::RngExt;
 use std::num::NonZeroU32;
@@ -22,7 +29,15 @@ pub struct ClientConfig {
     pub concurrency: usize,
     pub requests_per_minute: Option<u32>,
     pub tokens_per_minute: Option<u32>,
-    pub timeout: Duration,
+    /// The longest the server may send nothing (connecting, before the
+    /// first byte, between chunks) before the attempt counts as timed out.
+    /// Without streaming, a whole answer must come within it.
+    pub idle_timeout: Duration,
+    /// A cap on each attempt's whole duration; `None`: only `idle_timeout`.
+    pub total_timeout: Option<Duration>,
+    /// Ask for the answer as server-sent chunks (every OpenAI-compatible
+    /// server streams); off, the answer comes as one JSON body.
+    pub stream: bool,
     /// Retries after the first attempt.
     pub max_retries: u32,
     pub backoff_base: Duration,
@@ -38,7 +53,9 @@ impl Default for ClientConfig {
             concurrency: 16,
             requests_per_minute: None,
             tokens_per_minute: None,
-            timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(120),
+            total_timeout: None,
+            stream: true,
             max_retries: 6,
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
@@ -99,9 +116,14 @@ impl TeacherClient {
                 ))
             })?),
         };
-        let http = reqwest::Client::builder()
-            .timeout(cfg.timeout)
-            .pool_max_idle_per_host(cfg.concurrency.max(1))
+        let mut http = reqwest::Client::builder()
+            .read_timeout(cfg.idle_timeout)
+            .connect_timeout(cfg.idle_timeout)
+            .pool_max_idle_per_host(cfg.concurrency.max(1));
+        if let Some(t) = cfg.total_timeout {
+            http = http.timeout(t);
+        }
+        let http = http
             .build()
             .map_err(|e| TeacherError::Config(format!("HTTP client: {e}")))?;
         // Requests are spaced evenly (burst 1) so the measured rate stays at the limit.
@@ -228,7 +250,12 @@ impl TeacherClient {
             retry: true,
             retry_after: None,
         };
-        let mut rb = self.http.post(&self.url).json(req);
+        let wire = Wire {
+            req,
+            stream: self.cfg.stream.then_some(true),
+            stream_options: self.cfg.stream.then_some(StreamOptions { include_usage: true }),
+        };
+        let mut rb = self.http.post(&self.url).json(&wire);
         if let Some(k) = &self.key {
             rb = rb.bearer_auth(k);
         }
@@ -250,6 +277,14 @@ impl TeacherClient {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(|s| Duration::from_secs_f64(s.min(600.0)));
+        let is_sse = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if status.is_success() && is_sse {
+            return read_stream(resp).await;
+        }
         let body = resp.bytes().await.map_err(|e| {
             let kind = if e.is_timeout() {
                 "timeout reading body"
@@ -273,6 +308,200 @@ impl TeacherClient {
             return Err(retryable("response has no choices".into()));
         }
         Ok(parsed)
+    }
+}
+
+/// The request as sent: the canonical [`ChatRequest`] (what the cache
+/// hashes) and how to deliver the answer, which is not part of it.
+#[derive(Serialize)]
+struct Wire<'a> {
+    #[serde(flatten)]
+    req: &'a ChatRequest,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+/// One `chat.completion.chunk`, read as tolerantly as a full response.
+#[derive(Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    created: i64,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    choices: Vec<ChunkChoice>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    delta: Delta,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+struct Delta {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    refusal: Option<String>,
+}
+
+/// A streamed answer being put together, choice by choice.
+#[derive(Default)]
+struct Assembly {
+    id: String,
+    created: i64,
+    model: String,
+    /// By choice index: text, refusal, finish reason.
+    choices: std::collections::BTreeMap<u32, (String, Option<String>, Option<String>)>,
+    usage: Option<Usage>,
+    done: bool,
+}
+
+impl Assembly {
+    /// Takes one event's `data:` payload.
+    fn take(&mut self, data: &str) -> Result<(), Attempt> {
+        let retryable = |reason: String| Attempt {
+            reason,
+            retry: true,
+            retry_after: None,
+        };
+        if data == "[DONE]" {
+            self.done = true;
+            return Ok(());
+        }
+        let c: Chunk = serde_json::from_str(data)
+            .map_err(|e| retryable(format!("unparsable stream chunk ({} bytes): {e}", data.len())))?;
+        if let Some(err) = c.error {
+            let snippet: String = err.to_string().chars().take(200).collect();
+            return Err(retryable(format!("error in the stream: {snippet}")));
+        }
+        if self.id.is_empty() {
+            self.id = c.id;
+            self.created = c.created;
+        }
+        if self.model.is_empty() {
+            self.model = c.model;
+        }
+        for ch in c.choices {
+            let e = self.choices.entry(ch.index).or_default();
+            if let Some(t) = ch.delta.content {
+                e.0.push_str(&t);
+            }
+            if let Some(r) = ch.delta.refusal {
+                e.1.get_or_insert_with(String::new).push_str(&r);
+            }
+            if ch.finish_reason.is_some() {
+                e.2 = ch.finish_reason;
+            }
+        }
+        if c.usage.is_some() {
+            self.usage = c.usage;
+        }
+        Ok(())
+    }
+
+    /// The whole response, once the stream said it is complete (`[DONE]`,
+    /// or every choice finished).
+    fn finish(self) -> Result<ChatResponse, Attempt> {
+        let complete = !self.choices.is_empty() && (self.done || self.choices.values().all(|c| c.2.is_some()));
+        if !complete {
+            return Err(Attempt {
+                reason: "the stream ended before the answer was complete".into(),
+                retry: true,
+                retry_after: None,
+            });
+        }
+        let choices = self
+            .choices
+            .into_iter()
+            .map(|(index, (content, refusal, finish_reason))| Choice {
+                index,
+                message: Message {
+                    role: "assistant".into(),
+                    content,
+                    refusal,
+                },
+                finish_reason,
+            })
+            .collect();
+        Ok(ChatResponse {
+            id: self.id,
+            object: "chat.completion".into(),
+            created: self.created,
+            model: self.model,
+            choices,
+            usage: self.usage,
+        })
+    }
+}
+
+/// Reads server-sent events until `[DONE]` or the end of the body. Each
+/// read waits at most the idle time-out (the client's `read_timeout`);
+/// SSE comments (`: keep-alive`) count as life and carry nothing.
+async fn read_stream(mut resp: reqwest::Response) -> Result<ChatResponse, Attempt> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut asm = Assembly::default();
+    loop {
+        let chunk = resp.chunk().await.map_err(|e| Attempt {
+            reason: format!(
+                "{}: {}",
+                if e.is_timeout() { "timeout: the stream went idle" } else { "broken stream" },
+                without_url(&e)
+            ),
+            retry: true,
+            retry_after: None,
+        })?;
+        let Some(chunk) = chunk else { break };
+        buf.extend_from_slice(&chunk);
+        // Events end with a blank line; a partial one waits for more bytes.
+        while let Some(end) = event_end(&buf) {
+            let event: Vec<u8> = buf.drain(..end.1).take(end.0).collect();
+            let text = String::from_utf8_lossy(&event);
+            let mut data = String::new();
+            for line in text.lines() {
+                if let Some(d) = line.strip_prefix("data:") {
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(d.strip_prefix(' ').unwrap_or(d));
+                }
+            }
+            if !data.is_empty() {
+                asm.take(&data)?;
+            }
+            if asm.done {
+                return asm.finish();
+            }
+        }
+    }
+    asm.finish()
+}
+
+/// Where the first event in `buf` ends: (its length, with the blank line).
+fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, i + 2));
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, i + 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
     }
 }
 

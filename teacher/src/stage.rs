@@ -69,6 +69,9 @@ impl TeachConfig {
             model_digest: Option<&'a str>,
             system: &'a str,
             templates: &'a [(String, String)],
+            /// Absent for plain prompts: their identity is what it was before chat turns existed.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            style: Option<&'a str>,
             stop: &'a str,
             temperature: f32,
             max_tokens: u32,
@@ -81,6 +84,10 @@ impl TeachConfig {
             model_digest: self.model_digest.as_deref(),
             system: crate::prompt::SYSTEM,
             templates: self.prompts.templates(),
+            style: match self.prompts.style() {
+                crate::prompt::PromptStyle::Plain => None,
+                other => Some(other.as_str()),
+            },
             stop: crate::protocol::FEW_SHOT_STOP,
             temperature: self.temperature,
             max_tokens: self.max_tokens,

@@ -5,7 +5,7 @@ use stepwise_datasets::Example;
 use stepwise_datasets::answer::extract_answer;
 use stepwise_datasets::arith::{ArithSpec, check_solution, generate};
 use stepwise_datasets::shard::read_dir_rows;
-use stepwise_teacher::prompt::Prompts;
+use stepwise_teacher::prompt::{PromptStyle, Prompts};
 use stepwise_teacher::protocol::{ChatRequest, Message};
 use stepwise_teacher::server::{self, ArithTeacher, ChatModel, Fault, Faults, ServerConfig};
 use stepwise_teacher::stage::{Price, TeachConfig, paths_in, teach};
@@ -27,7 +27,7 @@ fn client_cfg(base_url: String) -> ClientConfig {
     ClientConfig {
         base_url,
         concurrency: 8,
-        timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(5),
         max_retries: 6,
         backoff_base: Duration::from_millis(10),
         backoff_max: Duration::from_millis(100),
@@ -43,7 +43,7 @@ fn teach_cfg(client: ClientConfig) -> TeachConfig {
         n: 1,
         seed: Some(1),
         model_digest: None,
-        prompts: Prompts::load(None).unwrap(),
+        prompts: Prompts::load(None, PromptStyle::Chat).unwrap(),
         rows_per_shard: 50,
         price: Price {
             prompt_per_mtok: 1.0,
@@ -124,7 +124,7 @@ async fn every_fault_class_is_retried() {
         })
         .await;
         let mut cfg = client_cfg(srv.base_url());
-        cfg.timeout = Duration::from_millis(500);
+        cfg.idle_timeout = Duration::from_millis(500);
         let c = TeacherClient::new(cfg).unwrap();
         let got = c
             .complete(&req(&examples(1)[0].input), 100)
@@ -342,7 +342,9 @@ fn operational_knobs_are_not_part_of_the_teach_identity() {
     knobs.client.concurrency = 3;
     knobs.client.requests_per_minute = Some(60);
     knobs.client.tokens_per_minute = Some(1000);
-    knobs.client.timeout = Duration::from_secs(3600);
+    knobs.client.idle_timeout = Duration::from_secs(3600);
+    knobs.client.total_timeout = Some(Duration::from_secs(7200));
+    knobs.client.stream = false;
     knobs.client.max_retries = 1;
     knobs.client.api_key_env = Some("SOME_KEY".into());
     knobs.rows_per_shard = 7;
@@ -390,6 +392,13 @@ fn operational_knobs_are_not_part_of_the_teach_identity() {
                 ..base.clone()
             },
         ),
+        (
+            "prompt style",
+            TeachConfig {
+                prompts: Prompts::load(None, PromptStyle::Plain).unwrap(),
+                ..base.clone()
+            },
+        ),
     ] {
         assert_ne!(base.identity(), changed.identity(), "{what} changes what is asked");
     }
@@ -409,7 +418,7 @@ async fn an_edited_prompt_retires_the_shards_and_the_cache_answers_every_unchang
     std::fs::create_dir_all(&prompts_dir).unwrap();
     std::fs::write(prompts_dir.join("yes_no.txt"), "Q: {input}\nA:").unwrap();
     let edited = TeachConfig {
-        prompts: Prompts::load(Some(&prompts_dir)).unwrap(),
+        prompts: Prompts::load(Some(&prompts_dir), PromptStyle::Chat).unwrap(),
         ..cfg.clone()
     };
     assert_ne!(edited.identity(), cfg.identity());
@@ -427,7 +436,7 @@ async fn an_edited_prompt_retires_the_shards_and_the_cache_answers_every_unchang
     // The template the examples use: every request is new.
     std::fs::write(prompts_dir.join("arithmetic.txt"), "Solve: {input}\nA:").unwrap();
     let edited2 = TeachConfig {
-        prompts: Prompts::load(Some(&prompts_dir)).unwrap(),
+        prompts: Prompts::load(Some(&prompts_dir), PromptStyle::Chat).unwrap(),
         ..cfg
     };
     let s3 = teach(&ex, edited2, &paths).await.unwrap();

@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::time::Duration;
 use stepwise_datasets::{Example, LabelKind};
+use stepwise_teacher::prompt::PromptStyle;
 use stepwise_teacher::protocol::{ChatRequest, Message};
 use stepwise_teacher::server::{self, Faults, ServerConfig};
 use stepwise_teacher::{ClientConfig, TeacherClient};
@@ -29,9 +30,15 @@ pub struct ClientArgs {
     /// Tokens per minute.
     #[arg(long)]
     pub tpm: Option<u32>,
-    /// Per-request timeout in seconds.
-    #[arg(long, default_value_t = 120.0)]
-    pub timeout_s: f64,
+    /// Seconds the server may send nothing (between streamed chunks) before an attempt times out.
+    #[arg(long, alias = "timeout-s", default_value_t = 120.0)]
+    pub idle_timeout_s: f64,
+    /// A cap on each attempt's whole time, in seconds (none by default).
+    #[arg(long)]
+    pub total_timeout_s: Option<f64>,
+    /// Ask for the answer as one JSON body instead of a stream.
+    #[arg(long)]
+    pub no_stream: bool,
     #[arg(long, default_value_t = 6)]
     pub retries: u32,
 }
@@ -45,7 +52,9 @@ impl ClientArgs {
             concurrency: self.concurrency,
             requests_per_minute: self.rpm,
             tokens_per_minute: self.tpm,
-            timeout: Duration::from_secs_f64(self.timeout_s),
+            idle_timeout: Duration::from_secs_f64(self.idle_timeout_s),
+            total_timeout: self.total_timeout_s.map(Duration::from_secs_f64),
+            stream: !self.no_stream,
             max_retries: self.retries,
             ..Default::default()
         }
@@ -68,7 +77,26 @@ pub enum TeacherCommand {
         kind: ProbeKind,
         #[arg(long, default_value_t = 256)]
         max_tokens: u32,
+        /// chat: the template's examples as chat turns; plain: its text as one message.
+        #[arg(long, value_enum, default_value = "chat")]
+        prompt_style: PromptStyleArg,
     },
+}
+
+/// How `teacher probe` sends a template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PromptStyleArg {
+    Chat,
+    Plain,
+}
+
+impl From<PromptStyleArg> for PromptStyle {
+    fn from(a: PromptStyleArg) -> PromptStyle {
+        match a {
+            PromptStyleArg::Chat => PromptStyle::Chat,
+            PromptStyleArg::Plain => PromptStyle::Plain,
+        }
+    }
 }
 
 /// Which prompt `teacher probe` asks with.
@@ -103,9 +131,9 @@ pub struct ServeArgs {
     /// taken on the command line, logged or stored).
     #[arg(long)]
     pub api_key_env: Option<String>,
-    /// Most requests the gguf backend decodes as one batch.
-    #[arg(long, default_value_t = 16)]
-    pub max_batch: usize,
+    /// Most requests the gguf backend decodes as one batch (default: from the machine and the model).
+    #[arg(long)]
+    pub max_batch: Option<usize>,
     /// cpu, cuda, cuda:N or auto (the gguf backend).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -146,10 +174,12 @@ impl ServeArgs {
             ),
         };
         Ok(ServerConfig {
-            model,
             served_names: self.served_model_names.clone(),
             api_key,
-            max_batch: self.max_batch,
+            max_batch: self
+                .max_batch
+                .or_else(|| model.suggested_batch())
+                .unwrap_or(ServerConfig::default().max_batch),
             latency: Duration::from_millis(self.latency_ms),
             faults: Faults {
                 script: vec![],
@@ -162,6 +192,8 @@ impl ServeArgs {
                 stall: Duration::from_millis(self.stall_ms),
             },
             seed: self.seed,
+            model,
+            ..Default::default()
         })
     }
 }
@@ -188,6 +220,7 @@ pub fn run_teacher(cmd: TeacherCommand) -> Result<()> {
             question,
             kind,
             max_tokens,
+            prompt_style,
         } => runtime()?.block_on(async {
             let c = TeacherClient::new(client.config())?;
             let label_kind = match kind {
@@ -204,7 +237,9 @@ pub fn run_teacher(cmd: TeacherCommand) -> Result<()> {
                 ],
                 Some(lk) => {
                     let ex = Example::new("probe", "probe", question, None, String::new(), lk);
-                    stepwise_teacher::prompt::Prompts::load(None)?.render(&ex, None).1
+                    stepwise_teacher::prompt::Prompts::load(None, prompt_style.into())?
+                        .render(&ex, None)
+                        .1
                 }
             };
             let req = ChatRequest {

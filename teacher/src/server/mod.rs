@@ -10,6 +10,7 @@
 pub mod api;
 pub mod arith;
 pub mod faults;
+mod inflight;
 
 pub use api::{ApiError, ChatCall, Streaming};
 pub use arith::ArithTeacher;
@@ -30,7 +31,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use inflight::{Event, Fanout, InFlight, call_key};
+use std::time::Instant;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 /// One completion a [`ChatModel`] is asked for: one sample of a request.
 #[derive(Debug, Clone)]
@@ -111,6 +114,11 @@ pub trait ChatModel: Send + Sync + 'static {
     fn batched(&self) -> bool {
         true
     }
+    /// The batch size this model decodes best at on this machine, when it
+    /// knows (a server's `max_batch` and a client's concurrency follow it).
+    fn suggested_batch(&self) -> Option<usize> {
+        None
+    }
 }
 
 #[derive(Clone)]
@@ -125,6 +133,18 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Most jobs handed at once to a model that is [`ChatModel::batched`].
     pub max_batch: usize,
+    /// How long the model's thread waits, after a first job, for more to
+    /// join its batch (requests sent together arrive microseconds apart).
+    pub batch_window: Duration,
+    /// A streamed answer waiting for a busy model (queued behind a batch,
+    /// or in its prefill) gets an SSE comment this often, so a client's
+    /// idle time-out measures whether the server lives, not how long the
+    /// queue is.
+    pub keepalive: Duration,
+    /// ... but only while the model's thread has shown progress (started a
+    /// batch, decoded a token) within this long: a hung model is not kept
+    /// alive by its heartbeats.
+    pub stall_after: Duration,
     /// Added to every answer.
     pub latency: Duration,
     pub faults: Faults,
@@ -139,6 +159,9 @@ impl Default for ServerConfig {
             served_names: Vec::new(),
             api_key: None,
             max_batch: 16,
+            batch_window: Duration::from_millis(20),
+            keepalive: Duration::from_secs(5),
+            stall_after: Duration::from_secs(600),
             latency: Duration::ZERO,
             faults: Faults::default(),
             seed: 0,
@@ -153,24 +176,38 @@ pub struct Stats {
     pub requests: AtomicU64,
     /// Completions built (a truncated or stalled one included).
     pub completions: AtomicU64,
+    /// Requests answered by an identical one already in flight (decoded once).
+    pub joined: AtomicU64,
+    /// Decoding steps the model reported, over all jobs (one per token for
+    /// the gguf backend): what the server spent.
+    pub decode_steps: AtomicU64,
+    /// Jobs stopped or never started because nobody waited for them.
+    pub dropped: AtomicU64,
 }
 
-/// What the model's side reports about one request's jobs (one per choice).
-#[derive(Debug)]
-enum Event {
-    /// More text of choice `.0`.
-    Text(u32, String),
-    /// Choice `.0` is complete.
-    Done(u32, Result<ModelOutput, String>),
+/// When the model's thread last showed progress, in ms since the server started.
+struct Liveness {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Liveness {
+    fn beat(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn within(&self, d: Duration) -> bool {
+        let now = self.start.elapsed().as_millis() as u64;
+        now.saturating_sub(self.last_ms.load(Ordering::Relaxed)) <= d.as_millis() as u64
+    }
 }
 
 /// A job on its way to the model's thread, with where its events go.
 struct Queued {
     job: ModelJob,
     choice: u32,
-    events: UnboundedSender<Event>,
-    /// Whether anyone reads its text as it comes.
-    stream: bool,
+    fanout: Arc<Fanout>,
 }
 
 struct AppState {
@@ -180,6 +217,10 @@ struct AppState {
     api_key: Option<String>,
     /// Jobs for the model's worker thread, when it is batched.
     jobs: Option<std::sync::mpsc::Sender<Queued>>,
+    inflight: Arc<InFlight>,
+    alive: Arc<Liveness>,
+    keepalive: Duration,
+    stall_after: Duration,
     stats: Arc<Stats>,
     /// When the server started: `created` of the model objects.
     started: i64,
@@ -224,10 +265,21 @@ pub async fn start(addr: &str, cfg: ServerConfig) -> Result<LocalServer, Teacher
         .map_err(|e| TeacherError::Server(format!("bind {addr}: {e}")))?;
     let addr = listener.local_addr().map_err(|e| TeacherError::Server(e.to_string()))?;
     let stats = Arc::new(Stats::default());
-    let jobs = cfg
-        .model
-        .batched()
-        .then(|| spawn_model_worker(cfg.model.clone(), cfg.max_batch.max(1)));
+    let inflight = Arc::new(InFlight::default());
+    let alive = Arc::new(Liveness {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    });
+    let jobs = cfg.model.batched().then(|| {
+        spawn_model_worker(Worker {
+            model: cfg.model.clone(),
+            max_batch: cfg.max_batch.max(1),
+            window: cfg.batch_window,
+            inflight: inflight.clone(),
+            stats: stats.clone(),
+            alive: alive.clone(),
+        })
+    });
     let names = if cfg.served_names.is_empty() {
         vec![cfg.model.name()]
     } else {
@@ -238,6 +290,10 @@ pub async fn start(addr: &str, cfg: ServerConfig) -> Result<LocalServer, Teacher
         model: cfg.model,
         api_key: cfg.api_key,
         jobs,
+        inflight,
+        alive,
+        keepalive: cfg.keepalive,
+        stall_after: cfg.stall_after,
         stats: stats.clone(),
         started: chrono::Utc::now().timestamp(),
     });
@@ -273,39 +329,70 @@ pub async fn start(addr: &str, cfg: ServerConfig) -> Result<LocalServer, Teacher
     })
 }
 
-/// The model's thread: waits for a job, takes every other job already queued
-/// (up to `max_batch`), completes them together, reports each. A job whose
-/// request has gone (its events' receiver dropped) is not started, and a
-/// model that streams is told to drop it.
-fn spawn_model_worker(model: Arc<dyn ChatModel>, max_batch: usize) -> std::sync::mpsc::Sender<Queued> {
+/// What the model's thread works with.
+struct Worker {
+    model: Arc<dyn ChatModel>,
+    max_batch: usize,
+    window: Duration,
+    inflight: Arc<InFlight>,
+    stats: Arc<Stats>,
+    alive: Arc<Liveness>,
+}
+
+/// The model's thread: waits for a job, takes every other job that arrives
+/// within the batch window (up to `max_batch`), completes them together,
+/// reports each. A job nobody waits for any more is not started, and a
+/// model that streams is told to drop it at its next step.
+fn spawn_model_worker(w: Worker) -> std::sync::mpsc::Sender<Queued> {
     let (tx, rx) = std::sync::mpsc::channel::<Queued>();
     std::thread::Builder::new()
         .name("teacher-model".into())
         .spawn(move || {
             while let Ok(first) = rx.recv() {
                 let mut batch = vec![first];
-                while batch.len() < max_batch {
-                    match rx.try_recv() {
+                let until = Instant::now() + w.window;
+                while batch.len() < w.max_batch {
+                    let left = until.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(left) {
                         Ok(j) => batch.push(j),
                         Err(_) => break,
                     }
                 }
-                batch.retain(|q| !q.events.is_closed());
+                batch.retain(|q| {
+                    let wanted = q.fanout.wanted();
+                    if !wanted {
+                        w.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        w.inflight.finish(&q.fanout);
+                    }
+                    wanted
+                });
                 if batch.is_empty() {
                     continue;
                 }
+                w.alive.beat();
                 let jobs: Vec<ModelJob> = batch.iter().map(|q| q.job.clone()).collect();
-                let t = std::time::Instant::now();
-                let outs = model.complete_streaming(&jobs, &mut |i, delta| {
+                let t = Instant::now();
+                let mut gone = vec![false; batch.len()];
+                let outs = w.model.complete_streaming(&jobs, &mut |i, delta| {
+                    w.alive.beat();
+                    w.stats.decode_steps.fetch_add(1, Ordering::Relaxed);
                     let q = &batch[i];
-                    if q.stream && !delta.is_empty() {
-                        let _ = q.events.send(Event::Text(q.choice, delta.to_string()));
+                    if !delta.is_empty() {
+                        q.fanout.send(Event::Text(q.choice, delta.to_string()));
                     }
-                    !q.events.is_closed()
+                    let wanted = q.fanout.wanted();
+                    if !wanted && !gone[i] {
+                        gone[i] = true;
+                        w.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        w.inflight.finish(&q.fanout);
+                    }
+                    wanted
                 });
                 tracing::debug!(batch = jobs.len(), secs = t.elapsed().as_secs_f64(), "model batch");
                 for (q, out) in batch.iter().zip(outs) {
-                    let _ = q.events.send(Event::Done(q.choice, out));
+                    if q.fanout.send(Event::Done(q.choice, out)) {
+                        w.inflight.finish(&q.fanout);
+                    }
                 }
             }
         })
@@ -346,6 +433,9 @@ async fn stats_handler(State(s): State<Arc<AppState>>) -> Json<serde_json::Value
     Json(serde_json::json!({
         "requests": s.stats.requests.load(Ordering::SeqCst),
         "completions": s.stats.completions.load(Ordering::SeqCst),
+        "joined": s.stats.joined.load(Ordering::SeqCst),
+        "decode_steps": s.stats.decode_steps.load(Ordering::SeqCst),
+        "dropped": s.stats.dropped.load(Ordering::SeqCst),
     }))
 }
 
@@ -403,25 +493,31 @@ async fn chat(
     if let Err(e) = s.model.check(&jobs[0]) {
         return e.into_response();
     }
-    let (tx, rx) = unbounded_channel();
-    let streaming = call.stream.is_some();
-    match &s.jobs {
-        Some(queue) => {
-            for (choice, job) in jobs.into_iter().enumerate() {
-                let q = Queued {
-                    job,
-                    choice: choice as u32,
-                    events: tx.clone(),
-                    stream: streaming,
-                };
-                if queue.send(q).is_err() {
-                    return ApiError::server("the model thread has stopped").into_response();
+    let (fanout, rx, new) = s.inflight.join(call_key(&call), call.n.max(1));
+    if !new {
+        s.stats.joined.fetch_add(1, Ordering::SeqCst);
+    } else {
+        match &s.jobs {
+            Some(queue) => {
+                for (choice, job) in jobs.into_iter().enumerate() {
+                    let q = Queued {
+                        job,
+                        choice: choice as u32,
+                        fanout: fanout.clone(),
+                    };
+                    if queue.send(q).is_err() {
+                        s.inflight.finish(&fanout);
+                        return ApiError::server("the model thread has stopped").into_response();
+                    }
                 }
             }
+            None => {
+                inline(s.model.as_ref(), &jobs, &fanout, call.stream.is_some());
+                s.inflight.finish(&fanout);
+            }
         }
-        None => inline(s.model.as_ref(), &jobs, &tx, streaming),
     }
-    drop(tx);
+    drop(fanout);
     s.stats.completions.fetch_add(1, Ordering::SeqCst);
     let head = Head {
         id: format!("chatcmpl-{n}"),
@@ -430,7 +526,14 @@ async fn chat(
         n: call.n,
     };
     match call.stream {
-        Some(opts) => stream(head, opts, rx),
+        Some(opts) => {
+            let beat = s.jobs.is_some().then(|| Heartbeat {
+                every: s.keepalive,
+                alive: s.alive.clone(),
+                stall_after: s.stall_after,
+            });
+            stream(head, opts, rx, beat)
+        }
         None => match collect(head.n, rx).await {
             Ok((choices, usage)) => Json(ChatResponse {
                 id: head.id,
@@ -463,17 +566,29 @@ fn jobs_for(call: &ChatCall) -> Vec<ModelJob> {
 
 /// A fast model's answers, on the calling thread, reported as the model
 /// thread reports them.
-fn inline(model: &dyn ChatModel, jobs: &[ModelJob], events: &UnboundedSender<Event>, stream: bool) {
-    let mut outs = model.complete_streaming(jobs, &mut |i, delta| {
-        if stream && !delta.is_empty() {
-            let _ = events.send(Event::Text(i as u32, delta.to_string()));
-        }
-        true
-    });
+fn inline(model: &dyn ChatModel, jobs: &[ModelJob], fanout: &Fanout, stream: bool) {
+    let mut outs = if stream {
+        model.complete_streaming(jobs, &mut |i, delta| {
+            if !delta.is_empty() {
+                fanout.send(Event::Text(i as u32, delta.to_string()));
+            }
+            true
+        })
+    } else {
+        // The whole text goes with each choice's end.
+        model.complete(jobs)
+    };
     outs.resize_with(jobs.len(), || Err("the model gave no answer".into()));
     for (i, out) in outs.into_iter().enumerate().take(jobs.len()) {
-        let _ = events.send(Event::Done(i as u32, out));
+        fanout.send(Event::Done(i as u32, out));
     }
+}
+
+/// SSE comments for a streamed answer while it waits for a busy model.
+struct Heartbeat {
+    every: Duration,
+    alive: Arc<Liveness>,
+    stall_after: Duration,
 }
 
 /// What every chunk of one response repeats.
@@ -542,7 +657,7 @@ async fn collect(n: u32, mut rx: UnboundedReceiver<Event>) -> Result<(Vec<Choice
 /// midway sends the API's error object and ends the stream. When the
 /// client goes, the body is dropped, and with it the events' receiver:
 /// the model thread sees that and stops decoding for it.
-fn stream(head: Head, opts: Streaming, mut rx: UnboundedReceiver<Event>) -> Response {
+fn stream(head: Head, opts: Streaming, mut rx: UnboundedReceiver<Event>, beat: Option<Heartbeat>) -> Response {
     let (out, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
     tokio::spawn(async move {
         let usage_null = opts.include_usage.then_some(serde_json::Value::Null);
@@ -558,16 +673,45 @@ fn stream(head: Head, opts: Streaming, mut rx: UnboundedReceiver<Event>) -> Resp
         }
         let mut usage = Usage::default();
         let mut left = head.n;
+        // Text bytes sent per choice: a choice whose text was not streamed
+        // (a fast model answers at once) gets it whole before its end.
+        let mut sent = vec![0usize; head.n as usize];
+        let every = beat.as_ref().map_or(Duration::from_secs(86_400), |b| b.every);
         while left > 0 {
-            let frame = match rx.recv().await {
-                Some(Event::Text(i, text)) => head.chunk(
-                    choice(i, serde_json::json!({"content": text}), None),
-                    usage_null.clone(),
-                ),
+            let next = tokio::select! {
+                _ = out.closed() => return,
+                ev = rx.recv() => ev,
+                _ = tokio::time::sleep(every) => {
+                    // No news for a while: say the server lives, if its model does.
+                    if beat.as_ref().is_some_and(|b| b.alive.within(b.stall_after))
+                        && out.send(Ok(Bytes::from_static(b": keep-alive\n\n"))).await.is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let frame = match next {
+                Some(Event::Text(i, text)) => {
+                    sent[i as usize] += text.len();
+                    head.chunk(
+                        choice(i, serde_json::json!({"content": text}), None),
+                        usage_null.clone(),
+                    )
+                }
                 Some(Event::Done(i, Ok(o))) => {
                     left -= 1;
                     usage.prompt_tokens = o.prompt_tokens;
                     usage.completion_tokens += o.completion_tokens;
+                    if let Some(rest) = o.text.get(sent[i as usize]..).filter(|r| !r.is_empty()) {
+                        let c = head.chunk(
+                            choice(i, serde_json::json!({"content": rest}), None),
+                            usage_null.clone(),
+                        );
+                        if out.send(Ok(c)).await.is_err() {
+                            return;
+                        }
+                    }
                     head.chunk(
                         choice(i, serde_json::json!({}), Some(o.finish_reason)),
                         usage_null.clone(),
