@@ -282,7 +282,10 @@ impl RunConfig {
         }
         let t = &self.teacher;
         if !(t.idle_timeout_s > 0.0 && t.idle_timeout_s.is_finite()) {
-            return Err(format!("teacher.idle_timeout_s = {}: must be above 0", t.idle_timeout_s));
+            return Err(format!(
+                "teacher.idle_timeout_s = {}: must be above 0",
+                t.idle_timeout_s
+            ));
         }
         if let Some(x) = t.total_timeout_s.filter(|x| !(*x > 0.0 && x.is_finite())) {
             return Err(format!("teacher.total_timeout_s = {x}: must be above 0 (or left out)"));

@@ -243,7 +243,12 @@ impl ChatModel for GgufTeacher {
 
     fn suggested_batch(&self) -> Option<usize> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Some(batch_for(&self.model.config, self.gpu, cores, if self.gpu { None } else { free_memory() }))
+        Some(batch_for(
+            &self.model.config,
+            self.gpu,
+            cores,
+            if self.gpu { None } else { free_memory() },
+        ))
     }
 }
 

@@ -332,13 +332,21 @@ fn rows_that_end_or_are_dropped_leave_the_batch_without_changing_the_others() {
         .collect();
     let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
     // Rows of different lengths end at different steps; one samples.
-    let mut opts = vec![Decode::greedy(2), Decode::greedy(12), Decode::greedy(5), Decode::greedy(12)];
+    let mut opts = vec![
+        Decode::greedy(2),
+        Decode::greedy(12),
+        Decode::greedy(5),
+        Decode::greedy(12),
+    ];
     opts[3].temperature = 0.9;
     opts[3].seed = 7;
     let batched = decode_batch(m, &tok, &refs, &opts, DType::F32).unwrap();
     for (r, p) in refs.iter().enumerate() {
         let alone = decode_batch(m, &tok, std::slice::from_ref(p), &opts[r..=r], DType::F32).unwrap();
-        assert_eq!(alone[0], batched[r], "row {r} alone and in a batch whose rows end early");
+        assert_eq!(
+            alone[0], batched[r],
+            "row {r} alone and in a batch whose rows end early"
+        );
     }
     assert!(batched[1].ids.len() > 3, "row 1 runs long enough to be dropped midway");
     // A row whose reader has gone stops at once; the others go on unchanged.
@@ -348,7 +356,10 @@ fn rows_that_end_or_are_dropped_leave_the_batch_without_changing_the_others() {
         !(r == 1 && calls[r] >= 3)
     })
     .unwrap();
-    assert_eq!(calls[1], 3, "the dropped row is not decoded past the step its reader left");
+    assert_eq!(
+        calls[1], 3,
+        "the dropped row is not decoded past the step its reader left"
+    );
     assert_eq!(dropped[1].ids, batched[1].ids[..3].to_vec());
     for r in [0, 2, 3] {
         assert_eq!(dropped[r], batched[r], "row {r} after row 1 was dropped");

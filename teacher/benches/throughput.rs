@@ -78,75 +78,75 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join(".venv/bin/python"));
     for c in [64usize, 256] {
-      // One JSON body per answer, as the httpx client asks; then streamed
-      // (the default), to show what streaming costs the client.
-      for stream in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = TeachConfig {
-            client: ClientConfig {
-                base_url: url.clone(),
-                concurrency: c,
-                stream,
-                ..Default::default()
-            },
-            temperature: 0.0,
-            max_tokens: 256,
-            n: 1,
-            seed: None,
-            model_digest: None,
-            prompts: Prompts::load(None, PromptStyle::Plain).unwrap(),
-            rows_per_shard: 100_000,
-            price: Price::default(),
-            budget_usd: None,
-            rationalize: false,
-            keep_raw: false,
-        };
-        let (t, cpu0) = (Instant::now(), cpu_seconds());
-        let s = rt.block_on(teach(&examples, cfg, &paths_in(dir.path()))).unwrap();
-        let cpu1 = cpu_seconds();
-        let (wall, user, sys) = (t.elapsed().as_secs_f64(), cpu1.0 - cpu0.0, cpu1.1 - cpu0.1);
-        let cpu = user + sys;
-        assert_eq!(s.rows_written as usize, n);
-        let bound = c as f64 / (latency_ms as f64 / 1000.0);
-        let rps = n as f64 / wall;
-        let label = if stream { "streamed" } else { "stepwise" };
-        println!(
-            "{label:<9} C={c:<4} {rps:8.1} req/s = {:5.1}% of C/L = {bound:.0};  client CPU {:.3} s per 1000 requests ({:.3} user, {:.3} system)",
-            100.0 * rps / bound,
-            1000.0 * cpu / n as f64,
-            1000.0 * user / n as f64,
-            1000.0 * sys / n as f64
-        );
-        if stream {
-            continue;
-        }
-        let out = dir.path().join("py.jsonl");
-        match Command::new(&py)
-            .arg(root.join("bench/teacher_client_httpx.py"))
-            .args([&url, &n.to_string(), &c.to_string(), out.to_str().unwrap()])
-            .output()
-        {
-            Ok(o) if o.status.success() => {
-                let line = String::from_utf8_lossy(&o.stdout);
-                let f = |k: &str| -> f64 {
-                    line.split_whitespace()
-                        .find_map(|kv| kv.strip_prefix(k))
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(f64::NAN)
-                };
-                let (pw, pc) = (f("wall_s="), f("cpu_s="));
-                println!(
-                    "httpx     C={c:<4} {:8.1} req/s = {:5.1}% of C/L;  client CPU {:.3} s per 1000 requests;  CPU ratio httpx/stepwise {:.1}x",
-                    n as f64 / pw,
-                    100.0 * n as f64 / pw / bound,
-                    1000.0 * pc / n as f64,
-                    pc / cpu
-                );
+        // One JSON body per answer, as the httpx client asks; then streamed
+        // (the default), to show what streaming costs the client.
+        for stream in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = TeachConfig {
+                client: ClientConfig {
+                    base_url: url.clone(),
+                    concurrency: c,
+                    stream,
+                    ..Default::default()
+                },
+                temperature: 0.0,
+                max_tokens: 256,
+                n: 1,
+                seed: None,
+                model_digest: None,
+                prompts: Prompts::load(None, PromptStyle::Plain).unwrap(),
+                rows_per_shard: 100_000,
+                price: Price::default(),
+                budget_usd: None,
+                rationalize: false,
+                keep_raw: false,
+            };
+            let (t, cpu0) = (Instant::now(), cpu_seconds());
+            let s = rt.block_on(teach(&examples, cfg, &paths_in(dir.path()))).unwrap();
+            let cpu1 = cpu_seconds();
+            let (wall, user, sys) = (t.elapsed().as_secs_f64(), cpu1.0 - cpu0.0, cpu1.1 - cpu0.1);
+            let cpu = user + sys;
+            assert_eq!(s.rows_written as usize, n);
+            let bound = c as f64 / (latency_ms as f64 / 1000.0);
+            let rps = n as f64 / wall;
+            let label = if stream { "streamed" } else { "stepwise" };
+            println!(
+                "{label:<9} C={c:<4} {rps:8.1} req/s = {:5.1}% of C/L = {bound:.0};  client CPU {:.3} s per 1000 requests ({:.3} user, {:.3} system)",
+                100.0 * rps / bound,
+                1000.0 * cpu / n as f64,
+                1000.0 * user / n as f64,
+                1000.0 * sys / n as f64
+            );
+            if stream {
+                continue;
             }
-            Ok(o) => println!("httpx side failed: {}", String::from_utf8_lossy(&o.stderr)),
-            Err(e) => println!("cannot run {} ({e}): run scripts/setup-data.sh", py.display()),
+            let out = dir.path().join("py.jsonl");
+            match Command::new(&py)
+                .arg(root.join("bench/teacher_client_httpx.py"))
+                .args([&url, &n.to_string(), &c.to_string(), out.to_str().unwrap()])
+                .output()
+            {
+                Ok(o) if o.status.success() => {
+                    let line = String::from_utf8_lossy(&o.stdout);
+                    let f = |k: &str| -> f64 {
+                        line.split_whitespace()
+                            .find_map(|kv| kv.strip_prefix(k))
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(f64::NAN)
+                    };
+                    let (pw, pc) = (f("wall_s="), f("cpu_s="));
+                    println!(
+                        "httpx     C={c:<4} {:8.1} req/s = {:5.1}% of C/L;  client CPU {:.3} s per 1000 requests;  CPU ratio httpx/stepwise {:.1}x",
+                        n as f64 / pw,
+                        100.0 * n as f64 / pw / bound,
+                        1000.0 * pc / n as f64,
+                        pc / cpu
+                    );
+                }
+                Ok(o) => println!("httpx side failed: {}", String::from_utf8_lossy(&o.stderr)),
+                Err(e) => println!("cannot run {} ({e}): run scripts/setup-data.sh", py.display()),
+            }
         }
-      }
     }
     drop(child.stdin.take());
     let _ = child.wait();

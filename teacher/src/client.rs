@@ -10,9 +10,9 @@
 
 use crate::error::TeacherError;
 use crate::protocol::{ChatRequest, ChatResponse, Choice, Message, Usage};
-use serde::{Deserialize, Serialize};
 use governor::{DefaultDirectRateLimiter, Quota};
 use rand::RngExt;
+use serde::{Deserialize, Serialize};
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -463,7 +463,11 @@ async fn read_stream(mut resp: reqwest::Response) -> Result<ChatResponse, Attemp
         let chunk = resp.chunk().await.map_err(|e| Attempt {
             reason: format!(
                 "{}: {}",
-                if e.is_timeout() { "timeout: the stream went idle" } else { "broken stream" },
+                if e.is_timeout() {
+                    "timeout: the stream went idle"
+                } else {
+                    "broken stream"
+                },
                 without_url(&e)
             ),
             retry: true,

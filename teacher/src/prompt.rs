@@ -89,8 +89,14 @@ fn turns(name: &str, text: &str) -> Result<Turns, String> {
         let a_at = lines.iter().position(|l| l.trim_start().starts_with("A:"));
         if b.contains("{input}") {
             let q_lines = &lines[..a_at.unwrap_or(lines.len())];
-            if a_at.is_some_and(|k| lines[k..].iter().any(|l| !l.trim().trim_start_matches("A:").trim().is_empty())) {
-                return Err(format!("template {name:?}: the {{input}} block's A: must be empty (the teacher writes it)"));
+            if a_at.is_some_and(|k| {
+                lines[k..]
+                    .iter()
+                    .any(|l| !l.trim().trim_start_matches("A:").trim().is_empty())
+            }) {
+                return Err(format!(
+                    "template {name:?}: the {{input}} block's A: must be empty (the teacher writes it)"
+                ));
             }
             question = Some(unlabel(&q_lines.join("\n")).to_string());
             continue;
@@ -222,7 +228,10 @@ impl Prompts {
             user
         };
         let messages = match &self.turns[k] {
-            None => vec![Message::new("system", SYSTEM), Message::new("user", hinted(fill(t.trim_end())))],
+            None => vec![
+                Message::new("system", SYSTEM),
+                Message::new("user", hinted(fill(t.trim_end()))),
+            ],
             Some(turns) => {
                 let system = if turns.instruction.is_empty() {
                     SYSTEM.to_string()
@@ -263,10 +272,19 @@ mod tests {
     fn every_built_in_template_reads_as_chat_turns() {
         for (name, text) in BUILTIN {
             let t = turns(name, text).unwrap_or_else(|e| panic!("{e}"));
-            assert!(!t.instruction.is_empty() && !t.shots.is_empty() || *name == "open", "{name}: {t:?}");
-            assert!(t.question.contains("{input}") && !t.question.starts_with("Q:"), "{name}: {t:?}");
+            assert!(
+                !t.instruction.is_empty() && !t.shots.is_empty() || *name == "open",
+                "{name}: {t:?}"
+            );
+            assert!(
+                t.question.contains("{input}") && !t.question.starts_with("Q:"),
+                "{name}: {t:?}"
+            );
             for (q, a) in &t.shots {
-                assert!(!q.starts_with("Q:") && !a.starts_with("A:") && a.contains("So the answer is"), "{name}: {q:?} {a:?}");
+                assert!(
+                    !q.starts_with("Q:") && !a.starts_with("A:") && a.contains("So the answer is"),
+                    "{name}: {q:?} {a:?}"
+                );
             }
         }
     }
@@ -283,24 +301,41 @@ mod tests {
         let (_, m) = chat.render(ex, None);
         let roles: Vec<&str> = m.iter().map(|m| m.role.as_str()).collect();
         assert_eq!(roles, ["system", "user", "assistant", "user", "assistant", "user"]);
-        assert!(m[0].content.starts_with(SYSTEM) && m[0].content.contains("a op b = c"), "{}", m[0].content);
+        assert!(
+            m[0].content.starts_with(SYSTEM) && m[0].content.contains("a op b = c"),
+            "{}",
+            m[0].content
+        );
         assert!(m[1].content.starts_with("Ann has 12 apples"), "{}", m[1].content);
         assert!(m[2].content.starts_with("There are 12 apples") && m[2].content.ends_with("So the answer is 14."));
         assert_eq!(m[5].content, ex.input.trim());
         let (_, hinted) = chat.render(ex, Some("7"));
-        assert!(hinted[5].content.ends_with("(Hint: the correct answer is 7. Explain why, step by step.)"));
+        assert!(
+            hinted[5]
+                .content
+                .ends_with("(Hint: the correct answer is 7. Explain why, step by step.)")
+        );
 
         let plain = Prompts::load(None, PromptStyle::Plain).unwrap();
         let (_, p) = plain.render(ex, None);
         assert_eq!(p.len(), 2);
-        assert!(p[1].content.starts_with("Solve the problem") && p[1].content.ends_with(&format!("Q: {}\nA:", ex.input.trim())));
+        assert!(
+            p[1].content.starts_with("Solve the problem")
+                && p[1].content.ends_with(&format!("Q: {}\nA:", ex.input.trim()))
+        );
     }
 
     #[test]
     fn a_template_that_is_not_turns_is_refused_in_chat_style_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("arithmetic.txt"), "Solve it.\n\n{input} -- answer:\n\nThanks!").unwrap();
-        let err = Prompts::load(Some(dir.path()), PromptStyle::Chat).unwrap_err().to_string();
+        std::fs::write(
+            dir.path().join("arithmetic.txt"),
+            "Solve it.\n\n{input} -- answer:\n\nThanks!",
+        )
+        .unwrap();
+        let err = Prompts::load(Some(dir.path()), PromptStyle::Chat)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("arithmetic.txt") && err.contains("prompt_style"), "{err}");
         Prompts::load(Some(dir.path()), PromptStyle::Plain).unwrap();
     }

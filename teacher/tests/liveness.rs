@@ -136,7 +136,10 @@ async fn identical_requests_in_flight_are_decoded_once_and_answered_to_each() {
         whole.complete(&r, 30).await
     });
     let (a, b) = (a.unwrap(), b.unwrap());
-    assert_eq!(a.response.choices[0].message.content, b.response.choices[0].message.content);
+    assert_eq!(
+        a.response.choices[0].message.content,
+        b.response.choices[0].message.content
+    );
     assert!(a.response.choices[0].message.content.ends_with("w29 "));
     assert_eq!(srv.stats.joined.load(Ordering::SeqCst), 1);
     assert_eq!(srv.stats.decode_steps.load(Ordering::SeqCst), 30, "decoded once");
@@ -152,12 +155,21 @@ async fn a_stalled_stream_times_out_while_a_slow_but_live_one_does_not() {
     // A word every 300 ms for 3 s: each gap is under the idle time-out.
     let srv = ticker(300, 4, Duration::from_secs(5)).await;
     let t = Instant::now();
-    let got = client(srv.base_url(), idle, true).complete(&req("slow", 10), 10).await.unwrap();
+    let got = client(srv.base_url(), idle, true)
+        .complete(&req("slow", 10), 10)
+        .await
+        .unwrap();
     assert!(t.elapsed() > Duration::from_secs(3), "{:?}", t.elapsed());
     assert_eq!(got.response.choices[0].message.content.split_whitespace().count(), 10);
     // Without streaming the same answer is one silence of 3 s: a time-out.
-    let err = client(srv.base_url(), idle, false).complete(&req("slow 2", 10), 10).await.unwrap_err();
-    assert!(matches!(&err, TeacherError::Request { reason, .. } if reason.contains("timeout")), "{err}");
+    let err = client(srv.base_url(), idle, false)
+        .complete(&req("slow 2", 10), 10)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, TeacherError::Request { reason, .. } if reason.contains("timeout")),
+        "{err}"
+    );
     srv.shutdown().await;
 
     // A server that goes silent: the attempt ends after the idle time, not the stall.
@@ -183,11 +195,7 @@ async fn a_stalled_stream_times_out_while_a_slow_but_live_one_does_not() {
     let mut r = req("Ann has 3 apples.", 10);
     r.model = "solver".into();
     let t = Instant::now();
-    let err = TeacherClient::new(c)
-        .unwrap()
-        .complete(&r, 10)
-        .await
-        .unwrap_err();
+    let err = TeacherClient::new(c).unwrap().complete(&r, 10).await.unwrap_err();
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert!(err.to_string().contains("timeout"), "{err}");
     stalled.shutdown().await;

@@ -49,7 +49,9 @@ pub fn dry_run(plan: &Plan, tc: &TeachConfig) -> Result<(Estimate, Option<TimeEs
     let cost = estimate(&examples, &|id| done.contains(id), tc)?;
     let todo: Vec<Example> = examples.into_iter().filter(|e| !done.contains(&e.id)).collect();
     let time = match local_model(plan)? {
-        Some(local) if local.timed && !todo.is_empty() => Some(time_estimate(local.model.as_ref(), local.max_batch, tc, &todo)?),
+        Some(local) if local.timed && !todo.is_empty() => {
+            Some(time_estimate(local.model.as_ref(), local.max_batch, tc, &todo)?)
+        }
         _ => None,
     };
     Ok((cost, time))
@@ -120,7 +122,10 @@ pub fn probe(model: &dyn ChatModel, messages: &[Message], batch: usize) -> Resul
         None => bail!("teacher probe: the model gave no answer"),
     };
     let prefill_rate = prompt_tokens.max(1) as f64 / prefill_s;
-    let short = vec![Message::new("user", "Write the numbers from 1 to 100, separated by spaces.")];
+    let short = vec![Message::new(
+        "user",
+        "Write the numbers from 1 to 100, separated by spaces.",
+    )];
     let jobs: Vec<ModelJob> = (0..batch as u32).map(|i| job(short.clone(), STEPS, i)).collect();
     let t = Instant::now();
     let outs = model.complete(&jobs);
@@ -200,10 +205,14 @@ fn time_estimate(model: &dyn ChatModel, batch: usize, tc: &TeachConfig, todo: &[
         .sum();
     let scale = speed.prompt_tokens.max(1) as f64 / approx_first.max(1) as f64;
     let prompt_tokens_per_job = approx_total as f64 / todo.len() as f64 * scale;
-    let answer_chars = tc.prompts.example_answer_chars(&todo[0]).unwrap_or(4 * tc.max_tokens as usize);
+    let answer_chars = tc
+        .prompts
+        .example_answer_chars(&todo[0])
+        .unwrap_or(4 * tc.max_tokens as usize);
     let answer_tokens = (answer_chars as f64 / 4.0 * scale * 1.5).min(tc.max_tokens as f64);
     let batches = jobs.div_ceil(batch);
-    let per_batch = |answer: f64| batch as f64 * prompt_tokens_per_job / speed.prefill_tokens_per_s + answer * speed.step_s;
+    let per_batch =
+        |answer: f64| batch as f64 * prompt_tokens_per_job / speed.prefill_tokens_per_s + answer * speed.step_s;
     Ok(TimeEstimate {
         speed,
         jobs,
@@ -238,7 +247,11 @@ pub fn run(plan: &Plan, tc: TeachConfig) -> Result<()> {
         if !todo.is_empty() {
             let est = time_estimate(l.model.as_ref(), l.max_batch, &tc, &todo)?;
             println!("teach: {est}");
-            tracing::info!(expected_s = est.expected_s, at_most_s = est.at_most_s, "teach: time estimate");
+            tracing::info!(
+                expected_s = est.expected_s,
+                at_most_s = est.at_most_s,
+                "teach: time estimate"
+            );
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

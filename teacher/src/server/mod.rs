@@ -26,12 +26,12 @@ use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use inflight::{Event, Fanout, InFlight, call_key};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use inflight::{Event, Fanout, InFlight, call_key};
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedReceiver;
 
