@@ -30,24 +30,24 @@ pub fn examples(plan: &Plan) -> Result<Vec<Example>> {
     Ok(read_all_splits(&plan.dir.examples())?)
 }
 
-/// The examples in a finished shard set of this identity.
-fn done_ids(plan: &Plan, tc: &TeachConfig) -> Result<std::collections::HashSet<String>> {
+/// The examples not yet in a shard set of this identity.
+fn pending(plan: &Plan, tc: &TeachConfig, examples: &[Example]) -> Result<Vec<Example>> {
     let shards = plan.dir.shards();
-    Ok(match stepwise_datasets::Manifest::load(&shards)? {
+    let done: std::collections::HashSet<String> = match stepwise_datasets::Manifest::load(&shards)? {
         Some(m) if m.config_hash == tc.identity() => {
             read_dir_rows(&shards)?.into_iter().map(|r| r.example_id).collect()
         }
         _ => Default::default(),
-    })
+    };
+    Ok(examples.iter().filter(|e| !done.contains(&e.id)).cloned().collect())
 }
 
 /// What the stage would send and cost at most, and for a local model how
 /// long it would take, sending nothing.
 pub fn dry_run(plan: &Plan, tc: &TeachConfig) -> Result<(Estimate, Option<TimeEstimate>)> {
     let examples = examples(plan)?;
-    let done = done_ids(plan, tc)?;
-    let cost = estimate(&examples, &|id| done.contains(id), tc)?;
-    let todo: Vec<Example> = examples.into_iter().filter(|e| !done.contains(&e.id)).collect();
+    let todo = pending(plan, tc, &examples)?;
+    let cost = estimate(&todo, &|_| false, tc)?;
     let time = match local_model(plan)? {
         Some(local) if local.timed && !todo.is_empty() => {
             Some(time_estimate(local.model.as_ref(), local.max_batch, tc, &todo)?)
@@ -242,8 +242,7 @@ pub fn run(plan: &Plan, tc: TeachConfig) -> Result<()> {
         if plan.config.teacher.concurrency.is_none() {
             tc.client.concurrency = (l.max_batch / tc.n.max(1) as usize).max(1);
         }
-        let done = done_ids(plan, &tc)?;
-        let todo: Vec<Example> = examples.iter().filter(|e| !done.contains(&e.id)).cloned().collect();
+        let todo = pending(plan, &tc, &examples)?;
         if !todo.is_empty() {
             let est = time_estimate(l.model.as_ref(), l.max_batch, &tc, &todo)?;
             println!("teach: {est}");
