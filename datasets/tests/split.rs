@@ -81,3 +81,36 @@ fn bad_fractions_are_rejected() {
         .is_err()
     );
 }
+
+/// `limit` draws a seeded sample, not the file's first rows: a file sorted by
+/// subject (as MMLU's is) still gives a mix, and the sample keeps file order.
+#[test]
+fn a_limit_samples_across_a_sorted_file() {
+    use stepwise_datasets::adapters::Format;
+    use stepwise_datasets::source::{DataSpec, Source};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sorted.jsonl");
+    let lines: Vec<String> = (0..200)
+        .map(|i| format!(r#"{{"question": "Problem number {i}?", "answer": "work\n#### {i}"}}"#))
+        .collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let spec = |seed| DataSpec {
+        source: Source::Files {
+            files: vec![path.clone()],
+            format: Format::Gsm8k,
+        },
+        probes: None,
+        split: SplitSpec {
+            seed,
+            ..Default::default()
+        },
+        limit: 20,
+    };
+    let answers = |ex: &[Example]| -> Vec<u32> { ex.iter().map(|e| e.label.parse().unwrap()).collect() };
+    let a = answers(&spec(0).build().unwrap());
+    assert_eq!(a.len(), 20);
+    assert!(a.iter().any(|&n| n >= 100), "a prefix would stop at 19: {a:?}");
+    assert!(a.windows(2).all(|w| w[0] < w[1]), "file order kept: {a:?}");
+    assert_eq!(a, answers(&spec(0).build().unwrap()), "the same seed, the same sample");
+    assert_ne!(a, answers(&spec(1).build().unwrap()), "another seed, another sample");
+}

@@ -208,7 +208,7 @@ impl Default for StudentSection {
         StudentSection {
             init: StudentInit::Scratch,
             arch: Arch::Llama,
-            hidden_size: 128,
+            hidden_size: 96,
             layers: 4,
             heads: 4,
             kv_heads: 2,

@@ -213,6 +213,16 @@ pub fn interval_chart(title: &str, items: &[(String, Interval)]) -> Result<Strin
     Ok(buf)
 }
 
+/// A parameter count as people quote it: "0.79M", "135M".
+fn millions(n: usize) -> String {
+    let m = n as f64 / 1e6;
+    if m >= 10.0 {
+        format!("{m:.0}M")
+    } else {
+        format!("{m:.2}M")
+    }
+}
+
 /// Everything the report needs besides the metrics.
 pub struct ReportInput<'a> {
     pub title: String,
@@ -404,6 +414,7 @@ pub fn build(inp: &ReportInput) -> Result<Vec<Block>> {
     b.push(Block::Table(
         vec![
             "student".into(),
+            "parameters trained / total".into(),
             "steps".into(),
             "epochs".into(),
             "best step (val)".into(),
@@ -417,6 +428,7 @@ pub fn build(inp: &ReportInput) -> Result<Vec<Block>> {
             .map(|(k, s)| {
                 vec![
                     k.to_string(),
+                    format!("{} / {}", millions(s.trainable_parameters), millions(s.parameters)),
                     s.steps.to_string(),
                     format!("{:.1}", s.epochs),
                     s.best_step.map(|x| x.to_string()).unwrap_or_default(),

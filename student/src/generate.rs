@@ -3,14 +3,16 @@
 //!
 //! Prompts are sorted by length and left-padded within a batch; each row gets
 //! its own positions, and padding keys are masked, so a prompt decodes the
-//! same whether it is alone or in a batch.
+//! same whether it is alone or in a batch. A token prefix every prompt of a
+//! batch shares (a few-shot prompt's instructions and examples) is prefilled
+//! once, and the padding sits between it and each row's own suffix.
 
 use candle_core::{D, DType, Device, Tensor};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::Result;
-use crate::llama::{KvCache, Llama, left_padded_mask};
+use crate::llama::{KvCache, Llama, gapped_mask, left_padded_mask};
 use crate::student::Model;
 use crate::tokenizer::StudentTokenizer;
 
@@ -149,11 +151,17 @@ pub fn decode_batch_with(
     let b = prompts.len();
     let l = prompts.iter().map(|p| p.len()).max().unwrap_or(0).max(1);
     let pads: Vec<usize> = prompts.iter().map(|p| l - p.len()).collect();
-    let mut ids = Vec::with_capacity(b * l);
-    let mut pos = Vec::with_capacity(b * l);
+    // Few-shot prompts share their instructions and examples: that prefix is
+    // prefilled once and its keys and values copied to every row; each row's
+    // own suffix follows after its padding, so the gap is masked.
+    let shared = shared_prefix(prompts);
+    let gaps: Vec<(usize, usize)> = pads.iter().map(|&pad| (shared, pad)).collect();
+    let s = l - shared;
+    let mut ids = Vec::with_capacity(b * s);
+    let mut pos = Vec::with_capacity(b * s);
     for (p, &pad) in prompts.iter().zip(&pads) {
-        ids.extend(std::iter::repeat_n(tok.pad_id, pad).chain(p.iter().copied()));
-        pos.extend((0..l).map(|j| j.saturating_sub(pad) as u32));
+        ids.extend(std::iter::repeat_n(tok.pad_id, pad).chain(p[shared..].iter().copied()));
+        pos.extend((0..s).map(|j| (shared + j.saturating_sub(pad)) as u32));
     }
     let mut samplers: Vec<Option<ChaCha8Rng>> = opts
         .iter()
@@ -171,17 +179,26 @@ pub fn decode_batch_with(
         return Ok(out);
     }
     let mut cache = KvCache::new(model.config.num_hidden_layers);
-    let logits = model.forward(
-        &Tensor::from_vec(ids, (b, l), &dev)?,
-        &Tensor::from_vec(pos, (b, l), &dev)?,
-        &left_padded_mask(&pads, l, 0, &dev)?,
+    if shared > 0 {
+        model.forward_last(
+            &Tensor::from_vec(prompts[0][..shared].to_vec(), (1, shared), &dev)?,
+            &Tensor::arange(0u32, shared as u32, &dev)?.unsqueeze(0)?,
+            &left_padded_mask(&[0], shared, 0, &dev)?,
+            Some(&mut cache),
+            dtype,
+        )?;
+        cache.retain_rows(&vec![0; b])?;
+    }
+    let logits = model.forward_last(
+        &Tensor::from_vec(ids, (b, s), &dev)?,
+        &Tensor::from_vec(pos, (b, s), &dev)?,
+        &gapped_mask(&gaps, s, shared, &dev)?,
         Some(&mut cache),
-        None,
         dtype,
     )?;
     // The original rows still in the batch, in the order of its tensors.
     let mut live: Vec<usize> = (0..b).collect();
-    let mut next = pick(&logits.narrow(1, l - 1, 1)?.squeeze(1)?, &live, opts, &mut samplers)?;
+    let mut next = pick(&logits.squeeze(1)?, &live, opts, &mut samplers)?;
     let mut done: Vec<bool> = opts.iter().map(|o| o.max_new_tokens == 0).collect();
     for step in 0..max_new {
         for (k, &r) in live.iter().enumerate() {
@@ -216,12 +233,12 @@ pub fn decode_batch_with(
             next = keep.iter().map(|&k| next[k]).collect();
             live = keep.iter().map(|&k| live[k]).collect();
         }
-        let row_pads: Vec<usize> = live.iter().map(|&r| pads[r]).collect();
+        let row_gaps: Vec<(usize, usize)> = live.iter().map(|&r| gaps[r]).collect();
         let pos: Vec<u32> = live.iter().map(|&r| (prompts[r].len() + step) as u32).collect();
         let logits = model.forward(
             &Tensor::from_vec(next.clone(), (live.len(), 1), &dev)?,
             &Tensor::from_vec(pos, (live.len(), 1), &dev)?,
-            &left_padded_mask(&row_pads, 1, l + step, &dev)?,
+            &gapped_mask(&row_gaps, 1, l + step, &dev)?,
             Some(&mut cache),
             None,
             dtype,
@@ -229,6 +246,25 @@ pub fn decode_batch_with(
         next = pick(&logits.squeeze(1)?, &live, opts, &mut samplers)?;
     }
     Ok(out)
+}
+
+/// Below this many tokens a shared prefix is not worth a forward pass of its own.
+const MIN_SHARED_PREFIX: usize = 32;
+
+/// The token prefix every prompt of a batch shares, leaving each at least
+/// one token of its own (its last position gives the first logits); 0 for a
+/// single prompt or a prefix too short to be worth prefilling apart.
+fn shared_prefix(prompts: &[&[u32]]) -> usize {
+    let [first, rest @ ..] = prompts else { return 0 };
+    if rest.is_empty() {
+        return 0;
+    }
+    let mut n = first.len();
+    for p in rest {
+        n = n.min(first.iter().zip(p.iter()).take_while(|(a, b)| a == b).count());
+    }
+    let n = n.min(prompts.iter().map(|p| p.len()).min().unwrap_or(0).saturating_sub(1));
+    if n >= MIN_SHARED_PREFIX { n } else { 0 }
 }
 
 /// Zeroes every weight outside the nucleus: the fewest most likely tokens

@@ -204,13 +204,21 @@ pub fn causal_mask(lengths: &[usize], t: usize, dev: &Device) -> Result<Tensor> 
 /// tokens after `cached` ones: row `r`'s first `pads[r]` keys are padding;
 /// new tokens see every earlier key and themselves.
 pub fn left_padded_mask(pads: &[usize], t: usize, cached: usize, dev: &Device) -> Result<Tensor> {
-    let b = pads.len();
+    let gaps: Vec<(usize, usize)> = pads.iter().map(|&p| (0, p)).collect();
+    gapped_mask(&gaps, t, cached, dev)
+}
+
+/// [`left_padded_mask`] with each row's padding at `(start, len)` instead of
+/// at the front: rows that share a prompt prefix cached once are padded
+/// between that prefix and their own suffix.
+pub fn gapped_mask(gaps: &[(usize, usize)], t: usize, cached: usize, dev: &Device) -> Result<Tensor> {
+    let b = gaps.len();
     let tk = cached + t;
     let mut m = vec![0f32; b * t * tk];
-    for (r, &pad) in pads.iter().enumerate() {
+    for (r, &(start, len)) in gaps.iter().enumerate() {
         for i in 0..t {
             for j in 0..tk {
-                if j > cached + i || j < pad {
+                if j > cached + i || (j >= start && j < start + len) {
                     m[(r * t + i) * tk + j] = MASKED;
                 }
             }

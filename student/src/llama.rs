@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::layers::{Dropout, take, widened};
-pub use crate::layers::{KvCache, Linear, MASKED, causal_mask, left_padded_mask, linear};
+pub use crate::layers::{KvCache, Linear, MASKED, causal_mask, gapped_mask, left_padded_mask, linear};
 use crate::params::ParamStore;
 
 /// The model's shape, read from and written to an HF `config.json`.
@@ -307,6 +307,44 @@ impl Llama {
         ids: &Tensor,
         positions: &Tensor,
         mask: &Tensor,
+        cache: Option<&mut KvCache>,
+        dropout: Option<&mut Dropout>,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let x = self.hidden(ids, positions, mask, cache, dropout, dtype)?;
+        self.head(&x, dtype)
+    }
+
+    /// [`Llama::forward`]'s logits at the last position only, `(b, 1, vocab)`:
+    /// a prefill needs no others, and the head is the widest matmul of a
+    /// large-vocabulary model.
+    pub fn forward_last(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut KvCache>,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let x = self.hidden(ids, positions, mask, cache, None, dtype)?;
+        let t = x.dim(1)?;
+        self.head(&x.narrow(1, t - 1, 1)?, dtype)
+    }
+
+    fn head(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(x)?,
+            None => linear(x, &self.embed, None)?,
+        };
+        logits.to_dtype(widened(dtype))
+    }
+
+    /// The final-normed hidden states, `(b, t, hidden)`.
+    fn hidden(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
         mut cache: Option<&mut KvCache>,
         mut dropout: Option<&mut Dropout>,
         dtype: DType,
@@ -392,12 +430,7 @@ impl Llama {
             };
             x = (x + y)?;
         }
-        let x = rms_norm(&x, &self.norm, cfg.rms_norm_eps)?;
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(&x)?,
-            None => linear(&x, &self.embed, None)?,
-        };
-        logits.to_dtype(widened(dtype))
+        Ok(rms_norm(&x, &self.norm, cfg.rms_norm_eps)?)
     }
 
     /// Teacher-forced logits for right-padded sequences: causal attention,

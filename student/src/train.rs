@@ -62,7 +62,7 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            steps: 300,
+            steps: 750,
             batch_size: 16,
             grad_accum: 1,
             optimizer: AdamWConfig {

@@ -239,6 +239,40 @@ fn a_prompt_decodes_the_same_alone_and_in_a_padded_batch() {
     assert!(full.dims3().unwrap().1 == n);
 }
 
+/// A few-shot prompt's shared instructions are prefilled once for the whole
+/// batch, with each row's padding between them and its own question: the
+/// answers are those of each prompt decoded alone.
+#[test]
+fn prompts_sharing_a_long_prefix_decode_as_they_do_alone() {
+    let data = toy(48, 5);
+    let tok = tokenizer(&data);
+    let mut s = student(&tok);
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(40);
+    c.optimizer.lr = 3e-3;
+    train(dir.path(), &mut s, &c, &data, &[], DType::F32, |_| {}).unwrap();
+    let shots = "add 3 1 4 1 5 9 2 6 5 3 5 8 9 7 9 3 2 3 8 4 6 2 6 4 3 3 8 3 2 7 9 5 0 2 8 8 4 1";
+    assert!(
+        tok.encode(shots).unwrap().len() >= 40,
+        "the prefix is long enough to be shared"
+    );
+    let prompts: Vec<String> = ["1 2", "9 0 4 7 7 1 2", "5", "5 5"]
+        .iter()
+        .map(|q| prompt(Task::Label, &format!("{shots} {q}")))
+        .collect();
+    let batched = generate(&s.model, &s.tokenizer, &prompts, 8, 8, DType::F32).unwrap();
+    for (p, b) in prompts.iter().zip(&batched) {
+        let alone = generate(&s.model, &s.tokenizer, std::slice::from_ref(p), 8, 1, DType::F32).unwrap();
+        assert_eq!(&alone[0], b, "prompt {p:?}");
+    }
+    // A prompt that is the others' prefix keeps one token of its own.
+    let mut nested = prompts.clone();
+    nested.push(prompt(Task::Label, shots));
+    let batched = generate(&s.model, &s.tokenizer, &nested, 8, 8, DType::F32).unwrap();
+    let alone = generate(&s.model, &s.tokenizer, &nested[4..], 8, 1, DType::F32).unwrap();
+    assert_eq!(batched[4], alone[0]);
+}
+
 #[test]
 fn fresh_weights_are_fixed_by_the_seed() {
     let cfg = Config::tiny(50, 16, 1, 2, 1);

@@ -113,6 +113,15 @@ pub fn probe(model: &dyn ChatModel, messages: &[Message], batch: usize) -> Resul
         sample,
         stop: vec![],
     };
+    let short = vec![Message::new(
+        "user",
+        "Write the numbers from 1 to 100, separated by spaces.",
+    )];
+    // The first pass pages the weights in from the file: timed, it would
+    // make prefill look several times slower than it is.
+    if let Some(Err(e)) = model.complete(&[job(short.clone(), 1, 0)]).first() {
+        bail!("teacher probe: {e}");
+    }
     let t = Instant::now();
     let one = model.complete(&[job(messages.to_vec(), 1, 0)]);
     let prefill_s = t.elapsed().as_secs_f64().max(1e-6);
@@ -122,10 +131,6 @@ pub fn probe(model: &dyn ChatModel, messages: &[Message], batch: usize) -> Resul
         None => bail!("teacher probe: the model gave no answer"),
     };
     let prefill_rate = prompt_tokens.max(1) as f64 / prefill_s;
-    let short = vec![Message::new(
-        "user",
-        "Write the numbers from 1 to 100, separated by spaces.",
-    )];
     let jobs: Vec<ModelJob> = (0..batch as u32).map(|i| job(short.clone(), STEPS, i)).collect();
     let t = Instant::now();
     let outs = model.complete(&jobs);
@@ -196,23 +201,28 @@ fn time_estimate(model: &dyn ChatModel, batch: usize, tc: &TeachConfig, todo: &[
     // The probed prompt gives the model's tokens per approximate token.
     let approx_first: u32 = first.iter().map(|m| approx_tokens(&m.content)).sum();
     let jobs = todo.len() * tc.n.max(1) as usize;
-    let approx_total: u64 = todo
-        .iter()
-        .map(|e| {
-            let (_, m) = tc.prompts.render(e, None);
-            m.iter().map(|m| approx_tokens(&m.content) as u64).sum::<u64>()
-        })
-        .sum();
+    let (mut approx_total, mut approx_own) = (0u64, 0u64);
+    for e in todo {
+        let (_, m) = tc.prompts.render(e, None);
+        approx_total += m.iter().map(|m| approx_tokens(&m.content) as u64).sum::<u64>();
+        approx_own +=
+            approx_tokens(&e.input) as u64 + e.choices.iter().flatten().map(|c| approx_tokens(c) as u64).sum::<u64>();
+    }
     let scale = speed.prompt_tokens.max(1) as f64 / approx_first.max(1) as f64;
     let prompt_tokens_per_job = approx_total as f64 / todo.len() as f64 * scale;
+    // The instructions and worked examples are the same in every prompt of a
+    // batch and prefilled once; only each question is prefilled per row.
+    let own_tokens_per_job = (approx_own as f64 / todo.len() as f64 * scale).min(prompt_tokens_per_job);
+    let shared_tokens = prompt_tokens_per_job - own_tokens_per_job;
     let answer_chars = tc
         .prompts
         .example_answer_chars(&todo[0])
         .unwrap_or(4 * tc.max_tokens as usize);
     let answer_tokens = (answer_chars as f64 / 4.0 * scale * 1.5).min(tc.max_tokens as f64);
     let batches = jobs.div_ceil(batch);
-    let per_batch =
-        |answer: f64| batch as f64 * prompt_tokens_per_job / speed.prefill_tokens_per_s + answer * speed.step_s;
+    let per_batch = |answer: f64| {
+        (shared_tokens + batch as f64 * own_tokens_per_job) / speed.prefill_tokens_per_s + answer * speed.step_s
+    };
     Ok(TimeEstimate {
         speed,
         jobs,
