@@ -430,7 +430,7 @@ impl Llama {
             };
             x = (x + y)?;
         }
-        Ok(rms_norm(&x, &self.norm, cfg.rms_norm_eps)?)
+        rms_norm(&x, &self.norm, cfg.rms_norm_eps)
     }
 
     /// Teacher-forced logits for right-padded sequences: causal attention,
