@@ -203,8 +203,8 @@ fn a_saved_student_reloads_with_identical_logits() {
     assert!(err.contains("model.safetensors") && err.contains("shape"), "{err}");
 }
 
-#[test]
-fn a_prompt_decodes_the_same_alone_and_in_a_padded_batch() {
+/// The student the decoding tests generate with: 40 steps on the toy task, no dropout.
+fn decoding_student() -> Student {
     let data = toy(48, 5);
     let tok = tokenizer(&data);
     let mut s = student(&tok);
@@ -213,6 +213,13 @@ fn a_prompt_decodes_the_same_alone_and_in_a_padded_batch() {
     c.dropout = 0.0;
     c.optimizer.lr = 3e-3;
     train(dir.path(), &mut s, &c, &data, &[], DType::F32, |_| {}).unwrap();
+    s
+}
+
+#[test]
+fn a_prompt_decodes_the_same_alone_and_in_a_padded_batch() {
+    let s = decoding_student();
+    let tok = &s.tokenizer;
     let prompts: Vec<String> = ["add 1 2", "add 9 0 4 7 7 1 2", "add 5"]
         .iter()
         .map(|p| prompt(Task::Label, p))
@@ -244,13 +251,8 @@ fn a_prompt_decodes_the_same_alone_and_in_a_padded_batch() {
 /// answers are those of each prompt decoded alone.
 #[test]
 fn prompts_sharing_a_long_prefix_decode_as_they_do_alone() {
-    let data = toy(48, 5);
-    let tok = tokenizer(&data);
-    let mut s = student(&tok);
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = cfg(40);
-    c.optimizer.lr = 3e-3;
-    train(dir.path(), &mut s, &c, &data, &[], DType::F32, |_| {}).unwrap();
+    let s = decoding_student();
+    let tok = &s.tokenizer;
     let shots = "add 3 1 4 1 5 9 2 6 5 3 5 8 9 7 9 3 2 3 8 4 6 2 6 4 3 3 8 3 2 7 9 5 0 2 8 8 4 1";
     assert!(
         tok.encode(shots).unwrap().len() >= 40,
@@ -265,9 +267,13 @@ fn prompts_sharing_a_long_prefix_decode_as_they_do_alone() {
         let alone = generate(&s.model, &s.tokenizer, std::slice::from_ref(p), 8, 1, DType::F32).unwrap();
         assert_eq!(&alone[0], b, "prompt {p:?}");
     }
-    // A prompt that is the others' prefix keeps one token of its own.
+    // A prompt that is all of the others' shared prefix keeps one token of
+    // its own (its last position gives its first logits).
     let mut nested = prompts.clone();
-    nested.push(prompt(Task::Label, shots));
+    let prefix = format!("[label] {shots}");
+    let ids = |t: &str| tok.encode(t).unwrap();
+    assert!(prompts.iter().all(|p| ids(p).starts_with(&ids(&prefix))));
+    nested.push(prefix);
     let batched = generate(&s.model, &s.tokenizer, &nested, 8, 8, DType::F32).unwrap();
     let alone = generate(&s.model, &s.tokenizer, &nested[4..], 8, 1, DType::F32).unwrap();
     assert_eq!(batched[4], alone[0]);
