@@ -451,4 +451,28 @@ impl Llama {
         let mask = causal_mask(lengths, t, dev)?;
         self.forward(ids, &positions, &mask, None, dropout, dtype)
     }
+
+    /// [`Llama::forward_train`]'s logits at the flat positions `at` (u32
+    /// indices into `b * t`) only, `(at.len(), vocab)`. The loss needs no
+    /// others, and over a 49,152-token vocabulary the head at every prompt
+    /// and padding position was most of a pretrained student's step.
+    pub fn forward_train_at(
+        &self,
+        ids: &Tensor,
+        lengths: &[usize],
+        at: &Tensor,
+        dropout: Option<&mut Dropout>,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let dev = ids.device();
+        let positions = Tensor::arange(0u32, t as u32, dev)?
+            .unsqueeze(0)?
+            .broadcast_as((b, t))?
+            .contiguous()?;
+        let mask = causal_mask(lengths, t, dev)?;
+        let x = self.hidden(ids, &positions, &mask, None, dropout, dtype)?;
+        let x = x.reshape((b * t, self.config.hidden_size))?.index_select(at, 0)?;
+        self.head(&x, dtype)
+    }
 }

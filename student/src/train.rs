@@ -507,27 +507,31 @@ fn task_loss(
     let dev = student.params.device().clone();
     let pad = student.tokenizer.pad_id;
     let n = seqs.len();
-    // Logits `(n, t, vocab)`, the token each position should predict, and
-    // which positions are target tokens.
-    let (logits, targets, w, t) = match &student.model {
+    // Logits at the target positions only `(k, vocab)` and the token each
+    // should predict.
+    let (logits, targets) = match &student.model {
         Model::Llama(m) => {
             let t = seqs.iter().map(|s| s.ids.len() - 1).max().unwrap_or(1).max(1);
             let mut ids = vec![pad; n * t];
-            let mut targets = vec![0u32; n * t];
-            let mut w = vec![0f32; n * t];
+            let mut at = Vec::new();
+            let mut targets = Vec::new();
             let mut lengths = Vec::with_capacity(n);
             for (r, s) in seqs.iter().enumerate() {
                 let len = s.ids.len() - 1;
                 lengths.push(len);
                 ids[r * t..r * t + len].copy_from_slice(&s.ids[..len]);
-                targets[r * t..r * t + len].copy_from_slice(&s.ids[1..]);
                 // Position j predicts token j+1: a target token when j+1 >= target_start.
                 for j in s.target_start.saturating_sub(1)..len {
-                    w[r * t + j] = 1.0;
+                    at.push((r * t + j) as u32);
+                    targets.push(s.ids[j + 1]);
                 }
             }
+            if at.is_empty() {
+                return Ok(None);
+            }
             let ids = Tensor::from_vec(ids, (n, t), &dev)?;
-            (m.forward_train(&ids, &lengths, dropout, dtype)?, targets, w, t)
+            let at = Tensor::new(at.as_slice(), &dev)?;
+            (m.forward_train_at(&ids, &lengths, &at, dropout, dtype)?, targets)
         }
         Model::T5(m) => {
             // The prompt is the encoder's input; the target, shifted right
@@ -541,8 +545,8 @@ fn task_loss(
                 .max(1);
             let mut enc = vec![pad; n * te];
             let mut dec = vec![pad; n * t];
-            let mut targets = vec![0u32; n * t];
-            let mut w = vec![0f32; n * t];
+            let mut at = Vec::new();
+            let mut targets = Vec::new();
             let mut enc_lengths = Vec::with_capacity(n);
             for (r, s) in seqs.iter().enumerate() {
                 let (p, tgt) = s.ids.split_at(s.target_start);
@@ -550,28 +554,24 @@ fn task_loss(
                 enc[r * te..r * te + p.len()].copy_from_slice(p);
                 dec[r * t] = m.config.decoder_start_token_id;
                 dec[r * t + 1..r * t + tgt.len()].copy_from_slice(&tgt[..tgt.len() - 1]);
-                targets[r * t..r * t + tgt.len()].copy_from_slice(tgt);
-                w[r * t..r * t + tgt.len()].fill(1.0);
+                at.extend((0..tgt.len()).map(|j| (r * t + j) as u32));
+                targets.extend_from_slice(tgt);
+            }
+            if at.is_empty() {
+                return Ok(None);
             }
             let enc = Tensor::from_vec(enc, (n, te), &dev)?;
             let dec = Tensor::from_vec(dec, (n, t), &dev)?;
-            (
-                m.forward_train(&enc, &enc_lengths, &dec, dropout, dtype)?,
-                targets,
-                w,
-                t,
-            )
+            let logits = m.forward_train(&enc, &enc_lengths, &dec, dropout, dtype)?;
+            let vocab = logits.dim(D::Minus1)?;
+            let at = Tensor::new(at.as_slice(), &dev)?;
+            (logits.reshape((n * t, vocab))?.index_select(&at, 0)?, targets)
         }
     };
-    let count: f32 = w.iter().sum();
-    if count == 0.0 {
-        return Ok(None);
-    }
-    let vocab = logits.dim(D::Minus1)?;
-    let targets = Tensor::from_vec(targets, n * t, &dev)?;
-    let nll = crate::ops::nll_rows(&logits.reshape((n * t, vocab))?, &targets)?.reshape((n, t))?;
-    let w = Tensor::from_vec(w, (n, t), &dev)?;
-    Ok(Some(((&nll * w)?.sum_all()? / count as f64)?))
+    let k = targets.len();
+    let targets = Tensor::from_vec(targets, k, &dev)?;
+    let nll = crate::ops::nll_rows(&logits, &targets)?;
+    Ok(Some((nll.sum_all()? / k as f64)?))
 }
 
 /// Label-task loss and answer accuracy on the validation set.

@@ -163,6 +163,44 @@ fn whole_model(model_type: &str) {
     );
 }
 
+/// The training loss's head at the target positions only: the same logits
+/// as the full forward's rows there, and the right gradient through the
+/// gather for every parameter.
+#[test]
+fn logits_at_target_positions_equal_the_full_forwards_with_the_right_gradients() {
+    let mut cfg = Config::tiny(23, 16, 2, 4, 2);
+    cfg.intermediate_size = 24;
+    cfg.max_position_embeddings = 16;
+    let params = ParamStore::init(&cfg.parameter_shapes(), 0.3, 2, &Device::Cpu)
+        .unwrap()
+        .cast(DType::F64)
+        .unwrap();
+    let model = Llama::new(&cfg, &params).unwrap();
+    let ids = Tensor::new(&[[1u32, 5, 7, 2, 9], [3, 4, 0, 0, 0]], &Device::Cpu).unwrap();
+    let lengths = [5, 2];
+    // Row 0's last three positions and row 1's two real ones.
+    let at = Tensor::new(&[2u32, 3, 4, 5, 6], &Device::Cpu).unwrap();
+    let full = model.forward_train(&ids, &lengths, None, DType::F64).unwrap();
+    let want = full.reshape((10, 23)).unwrap().index_select(&at, 0).unwrap();
+    let got = model.forward_train_at(&ids, &lengths, &at, None, DType::F64).unwrap();
+    assert_eq!(got.dims(), &[5, 23]);
+    let diff = (got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    assert!(diff < 1e-12, "gathered logits differ by {diff}");
+
+    let f = || project(&model.forward_train_at(&ids, &lengths, &at, None, DType::F64)?, 7);
+    let names: Vec<(String, Var)> = params.vars().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let refs: Vec<(&str, &Var)> = names.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    assert!(without_gradient(&refs, &f).is_empty());
+    check(&refs, &f, 3);
+}
+
 #[test]
 fn every_llama_parameter_gets_the_right_gradient() {
     whole_model("llama");
