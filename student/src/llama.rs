@@ -442,25 +442,32 @@ impl Llama {
         dropout: Option<&mut Dropout>,
         dtype: DType,
     ) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let dev = ids.device();
-        let positions = Tensor::arange(0u32, t as u32, dev)?
-            .unsqueeze(0)?
-            .broadcast_as((b, t))?
-            .contiguous()?;
-        let mask = causal_mask(lengths, t, dev)?;
-        self.forward(ids, &positions, &mask, None, dropout, dtype)
+        let x = self.hidden_train(ids, lengths, dropout, dtype)?;
+        self.head(&x, dtype)
     }
 
     /// [`Llama::forward_train`]'s logits at the flat positions `at` (u32
-    /// indices into `b * t`) only, `(at.len(), vocab)`. The loss needs no
-    /// others, and over a 49,152-token vocabulary the head at every prompt
-    /// and padding position was most of a pretrained student's step.
+    /// indices into `b * t`) only, `(at.len(), vocab)`: the loss needs no
+    /// others, and the head is the widest matmul of a large-vocabulary model.
     pub fn forward_train_at(
         &self,
         ids: &Tensor,
         lengths: &[usize],
         at: &Tensor,
+        dropout: Option<&mut Dropout>,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let x = self.hidden_train(ids, lengths, dropout, dtype)?;
+        let x = x.reshape((b * t, self.config.hidden_size))?.index_select(at, 0)?;
+        self.head(&x, dtype)
+    }
+
+    /// [`Llama::hidden`] for right-padded sequences at positions 0..t.
+    fn hidden_train(
+        &self,
+        ids: &Tensor,
+        lengths: &[usize],
         dropout: Option<&mut Dropout>,
         dtype: DType,
     ) -> Result<Tensor> {
@@ -471,8 +478,6 @@ impl Llama {
             .broadcast_as((b, t))?
             .contiguous()?;
         let mask = causal_mask(lengths, t, dev)?;
-        let x = self.hidden(ids, &positions, &mask, None, dropout, dtype)?;
-        let x = x.reshape((b * t, self.config.hidden_size))?.index_select(at, 0)?;
-        self.head(&x, dtype)
+        self.hidden(ids, &positions, &mask, None, dropout, dtype)
     }
 }
