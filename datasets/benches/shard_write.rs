@@ -47,6 +47,8 @@ fn row(i: usize) -> RationaleRow {
         created_at: 1_763_900_000_000 + i as i64,
         raw_completion: None,
         top_logprobs: None,
+        reasoning: None,
+        reasoning_tokens: None,
     }
 }
 

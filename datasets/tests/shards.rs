@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
 use stepwise_datasets::shard::{
-    self, JOURNAL_COMMIT, JOURNAL_FILE, MANIFEST_FILE, RationaleRow, ShardSet, read_dir_rows, read_shard, validate_dir,
-    write_shard,
+    self, JOURNAL_COMMIT, JOURNAL_FILE, MANIFEST_FILE, RationaleRow, ShardSet, TokenLogprob, TopLogprob, read_dir_rows,
+    read_shard, validate_dir, write_shard,
 };
 
 fn row(i: usize, sample: u32) -> RationaleRow {
@@ -34,7 +34,33 @@ fn row(i: usize, sample: u32) -> RationaleRow {
         finish_reason: "stop".into(),
         created_at: 1_763_900_000_000 + i as i64,
         raw_completion: (i % 2 == 1).then(|| format!("raw {i}")),
-        top_logprobs: None,
+        top_logprobs: match i % 6 {
+            1 => Some(vec![
+                TokenLogprob {
+                    token: format!(" {i}"),
+                    logprob: -0.25,
+                    top_logprobs: vec![
+                        TopLogprob {
+                            token: format!(" {i}"),
+                            logprob: -0.25,
+                        },
+                        TopLogprob {
+                            token: " ✓".into(),
+                            logprob: -3.5,
+                        },
+                    ],
+                },
+                TokenLogprob {
+                    token: ".".into(),
+                    logprob: 0.0,
+                    top_logprobs: vec![],
+                },
+            ]),
+            2 => Some(vec![]),
+            _ => None,
+        },
+        reasoning: (i % 4 == 1).then(|| format!("Let me think: {i} and 2 more.")),
+        reasoning_tokens: (i % 4 == 1).then_some(7 + i as u32),
     }
 }
 
@@ -306,6 +332,75 @@ fn a_foreign_or_wrong_schema_file_is_rejected_with_what_is_wrong() {
     let msg = read_shard(&junk).unwrap_err().to_string();
     assert!(
         msg.contains("junk.parquet") && msg.contains("not a complete Parquet file"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_version_1_shard_still_reads_with_no_reasoning_and_its_logprobs_text_parsed() {
+    use arrow::array::{RecordBatch, StringArray};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    // A version-1 file as earlier builds wrote it: no reasoning columns,
+    // `top_logprobs` as JSON text (here in OpenAI's shape on row 0).
+    let mut want: Vec<RationaleRow> = rows(0..3)
+        .into_iter()
+        .map(|mut r| {
+            (r.top_logprobs, r.reasoning, r.reasoning_tokens) = (None, None, None);
+            r
+        })
+        .collect();
+    let v2 = shard::rows_to_batch(&want);
+    let mut fields = Vec::new();
+    let mut cols = Vec::new();
+    for (f, c) in v2.schema().fields().iter().zip(v2.columns()) {
+        match f.name().as_str() {
+            "reasoning" | "reasoning_tokens" => {}
+            "top_logprobs" => {
+                fields.push(arrow::datatypes::Field::new(
+                    "top_logprobs",
+                    arrow::datatypes::DataType::Utf8,
+                    true,
+                ));
+                cols.push(Arc::new(StringArray::from(vec![
+                    Some(r#"[{"token": "4", "logprob": -0.1, "bytes": [52], "top_logprobs": [{"token": "4", "logprob": -0.1}, {"token": "5", "logprob": -2.5}]}]"#),
+                    None,
+                    Some("not json"),
+                ])) as arrow::array::ArrayRef);
+            }
+            _ => {
+                fields.push(f.as_ref().clone());
+                cols.push(c.clone());
+            }
+        }
+    }
+    let b = RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), cols).unwrap();
+    let v1 = dir.path().join("part-00000.parquet");
+    let props = |v: &str| {
+        stepwise_datasets::table::properties_of_kind(shard::KIND, &[(shard::SCHEMA_VERSION_KEY, v.to_string())])
+    };
+    write_parquet(&v1, &b, Some(props("1")));
+    want[0].top_logprobs = Some(vec![TokenLogprob {
+        token: "4".into(),
+        logprob: -0.1,
+        top_logprobs: vec![
+            TopLogprob {
+                token: "4".into(),
+                logprob: -0.1,
+            },
+            TopLogprob {
+                token: "5".into(),
+                logprob: -2.5,
+            },
+        ],
+    }]);
+    assert_eq!(read_shard(&v1).unwrap(), want);
+    // A version this build does not know is refused, naming what it reads.
+    let v3 = dir.path().join("v3.parquet");
+    write_parquet(&v3, &shard::rows_to_batch(&rows(0..3)), Some(props("3")));
+    let msg = read_shard(&v3).unwrap_err().to_string();
+    assert!(
+        msg.contains("v3.parquet") && msg.contains("version 3") && msg.contains("versions 1 to 2"),
         "{msg}"
     );
 }

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use stepwise_student::TrainConfig;
-use stepwise_student::data::Variant;
+use stepwise_student::data::{RationaleSource, Variant};
 use stepwise_student::lora::LoraConfig;
 use stepwise_teacher::prompt::PromptStyle;
 
@@ -95,7 +95,8 @@ impl Default for DataSection {
 pub struct TeacherSection {
     /// `local` starts the built-in server on loopback; `http` uses `base_url`.
     pub kind: TeacherKind,
-    /// Local backend: `solver`, `mimic`, or `gguf` (the model in `gguf`).
+    /// Local backend: `solver`, `mimic`, `gold` (the examples' own answers),
+    /// or `gguf` (the model in `gguf`).
     pub backend: LocalBackend,
     /// The GGUF file the `gguf` backend serves.
     pub gguf: Option<PathBuf>,
@@ -144,6 +145,34 @@ pub struct TeacherSection {
     pub price_prompt: f64,
     pub price_completion: f64,
     pub budget_usd: Option<f64>,
+    /// A reasoning model's effort (`minimal`, `low`, `medium`, `high`),
+    /// passed through; the limit then goes as `max_completion_tokens`,
+    /// which counts the reasoning tokens too.
+    pub reasoning_effort: Option<ReasoningEffort>,
+    /// Ask for logprobs with this many alternatives a token (0 to 20),
+    /// kept in the shards' `top_logprobs`.
+    pub top_logprobs: Option<u32>,
+}
+
+/// `teacher.reasoning_effort`, as OpenAI, vLLM and OpenRouter read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReasoningEffort {
+    Minimal,
+    Low,
+    Medium,
+    High,
+}
+
+impl ReasoningEffort {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasoningEffort::Minimal => "minimal",
+            ReasoningEffort::Low => "low",
+            ReasoningEffort::Medium => "medium",
+            ReasoningEffort::High => "high",
+        }
+    }
 }
 
 impl Default for TeacherSection {
@@ -178,6 +207,8 @@ impl Default for TeacherSection {
             price_prompt: 0.0,
             price_completion: 0.0,
             budget_usd: None,
+            reasoning_effort: None,
+            top_logprobs: None,
         }
     }
 }
@@ -227,6 +258,9 @@ pub struct StudentsSection {
     /// Fractions of the training data to train each variant on (the
     /// data-efficiency sweep); `[1.0]` trains once on all of it.
     pub fractions: Vec<f64>,
+    /// What the rationale task learns from: the visible step-by-step
+    /// `answer`, a reasoning model's `reasoning` trace, or `both`.
+    pub rationale_from: RationaleSource,
 }
 
 impl Default for StudentsSection {
@@ -234,6 +268,7 @@ impl Default for StudentsSection {
         StudentsSection {
             variants: vec![Variant::Distill, Variant::LabelGold],
             fractions: vec![1.0],
+            rationale_from: RationaleSource::Answer,
         }
     }
 }
@@ -289,6 +324,9 @@ impl RunConfig {
         }
         if let Some(x) = t.total_timeout_s.filter(|x| !(*x > 0.0 && x.is_finite())) {
             return Err(format!("teacher.total_timeout_s = {x}: must be above 0 (or left out)"));
+        }
+        if let Some(k) = t.top_logprobs.filter(|k| *k > 20) {
+            return Err(format!("teacher.top_logprobs = {k}: at most 20 (the providers' limit)"));
         }
         if t.max_batch == Some(0) || t.concurrency == Some(0) {
             return Err("teacher.max_batch and teacher.concurrency: at least 1 (or left out for the default)".into());
@@ -360,6 +398,9 @@ pub enum LocalBackend {
     Solver,
     /// The solver's style with wrong numbers.
     Mimic,
+    /// The run's own examples' gold labels and reference rationales: a
+    /// perfect teacher of exactly those facts (tests, human rationales).
+    Gold,
     /// A real instruct model from a GGUF file.
     Gguf,
 }
@@ -369,6 +410,7 @@ impl LocalBackend {
         match self {
             LocalBackend::Solver => "solver",
             LocalBackend::Mimic => "mimic",
+            LocalBackend::Gold => "gold",
             LocalBackend::Gguf => "gguf",
         }
     }

@@ -11,27 +11,36 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use candle_core::DType;
+use stepwise_datasets::Example;
 use stepwise_student::device::{compute_dtype, pick_device};
 use stepwise_student::generate::{Decode, Generated, decode_batch_with};
 use stepwise_student::gguf::load_for_inference;
 use stepwise_student::llama::Llama;
 use stepwise_student::{ChatMessage, StudentTokenizer};
-use stepwise_teacher::server::{ApiError, ArithTeacher, ChatModel, ModelJob, ModelOutput};
+use stepwise_teacher::server::{ApiError, ArithTeacher, ChatModel, GoldTeacher, ModelJob, ModelOutput};
 
 use crate::config::LocalBackend;
 
 /// The model the local server serves for `backend`: the solver or the
-/// mimic, or (`gguf`) the model in `gguf`, on `device`. `gguf_key` names the
-/// setting to give when the file is missing.
+/// mimic, the teacher of `examples`' gold answers, or (`gguf`) the model in
+/// `gguf`, on `device`. `gguf_key` names the setting to give when the file
+/// is missing; `examples` is `None` where there are none (`teacher serve`).
 pub fn local_backend(
     backend: LocalBackend,
     gguf: Option<&Path>,
     device: &str,
     gguf_key: &str,
+    examples: Option<&[Example]>,
 ) -> Result<Arc<dyn ChatModel>> {
     Ok(match backend {
         LocalBackend::Solver => Arc::new(ArithTeacher::Solver),
         LocalBackend::Mimic => Arc::new(ArithTeacher::Mimic),
+        LocalBackend::Gold => match examples {
+            Some(ex) => Arc::new(GoldTeacher::new(ex)),
+            None => anyhow::bail!(
+                "the gold backend answers a run's own examples: set teacher.backend = \"gold\" in a run config"
+            ),
+        },
         LocalBackend::Gguf => {
             let path = gguf.with_context(|| format!("{gguf_key}: required with the gguf backend"))?;
             Arc::new(GgufTeacher::open(path, device)?)

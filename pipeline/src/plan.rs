@@ -234,6 +234,8 @@ impl Plan {
             budget_usd: t.budget_usd,
             rationalize: t.rationalize,
             keep_raw: t.keep_raw,
+            reasoning_effort: t.reasoning_effort.map(|e| e.as_str().to_string()),
+            top_logprobs: t.top_logprobs,
         };
 
         let s = &cfg.student;
@@ -260,6 +262,7 @@ impl Plan {
             curation: Curation {
                 require_gold: t.require_gold,
                 min_vote_share: t.min_vote_share,
+                rationale_from: cfg.students.rationale_from,
             },
             lora: s.lora.clone(),
             train: cfg.train.clone(),

@@ -49,6 +49,8 @@ fn row(i: usize) -> RationaleRow {
         created_at: 0,
         raw_completion: None,
         top_logprobs: None,
+        reasoning: None,
+        reasoning_tokens: None,
     }
 }
 

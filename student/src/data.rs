@@ -56,6 +56,41 @@ pub struct Curation {
     /// With several samples, keep answers with at least this vote share
     /// (and only the best-voted answer of an example).
     pub min_vote_share: f32,
+    /// What the rationale task learns from. (Absent from the identity when
+    /// `answer`, so identities from before it existed stay.)
+    #[serde(default, skip_serializing_if = "RationaleSource::is_answer")]
+    pub rationale_from: RationaleSource,
+}
+
+/// What a distilled student's rationale task learns from, when the teacher
+/// is a reasoning model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RationaleSource {
+    /// The visible step-by-step answer (the only text a plain model gives).
+    #[default]
+    Answer,
+    /// The reasoning trace; rows without one are left out.
+    Reasoning,
+    /// The trace, then the visible answer; rows without a trace give the answer alone.
+    Both,
+}
+
+impl RationaleSource {
+    pub fn is_answer(&self) -> bool {
+        *self == RationaleSource::Answer
+    }
+
+    /// The rationale `row` teaches from this source, if it has one.
+    pub fn text(self, row: &RationaleRow) -> Option<String> {
+        let trace = row.reasoning.as_deref().map(str::trim).filter(|t| !t.is_empty());
+        match (self, trace) {
+            (RationaleSource::Answer, _) => Some(row.rationale.clone()),
+            (RationaleSource::Reasoning, t) => t.map(String::from),
+            (RationaleSource::Both, Some(t)) => Some(format!("{t}\n\n{}", row.rationale)),
+            (RationaleSource::Both, None) => Some(row.rationale.clone()),
+        }
+    }
 }
 
 impl Default for Curation {
@@ -63,12 +98,14 @@ impl Default for Curation {
         Curation {
             require_gold: true,
             min_vote_share: 0.0,
+            rationale_from: RationaleSource::Answer,
         }
     }
 }
 
 impl Curation {
-    /// The kept rows, sorted by (example, sample): shard order follows
+    /// The kept rows, sorted by (example, sample), each with the rationale
+    /// of [`Curation::rationale_from`] in `rationale`: shard order follows
     /// request completion, and nothing downstream may depend on it.
     pub fn select(&self, rows: &[RationaleRow]) -> Vec<RationaleRow> {
         let mut best: std::collections::HashMap<&str, f32> = std::collections::HashMap::new();
@@ -83,7 +120,10 @@ impl Curation {
             .filter(|r| {
                 r.rationalized || (r.vote_share >= self.min_vote_share && r.vote_share >= best[r.example_id.as_str()])
             })
-            .cloned()
+            .filter_map(|r| {
+                let rationale = self.rationale_from.text(r)?;
+                Some(RationaleRow { rationale, ..r.clone() })
+            })
             .collect();
         kept.sort_by(|a, b| (&a.example_id, a.sample_index).cmp(&(&b.example_id, b.sample_index)));
         kept
@@ -238,5 +278,80 @@ impl DataOrder {
             self.cache = Some((epoch, perm));
         }
         self.cache.as_ref().expect("just set").1[(pos % self.n as u64) as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, rationale: &str, reasoning: Option<&str>) -> RationaleRow {
+        RationaleRow {
+            example_id: id.into(),
+            task: "arith".into(),
+            split: Some("train".into()),
+            input: "q".into(),
+            choices: None,
+            gold_label: Some("4".into()),
+            teacher_label: Some("4".into()),
+            rationale: rationale.into(),
+            sample_index: 0,
+            vote_share: 1.0,
+            agrees_with_gold: Some(true),
+            rationalized: false,
+            teacher_model: "m".into(),
+            prompt_template: "arithmetic".into(),
+            prompt_hash: "h".into(),
+            temperature: 0.0,
+            max_tokens: 64,
+            seed: None,
+            prompt_tokens: 10,
+            completion_tokens: 10,
+            latency_ms: 1,
+            finish_reason: "stop".into(),
+            created_at: 0,
+            raw_completion: None,
+            top_logprobs: None,
+            reasoning: reasoning.map(String::from),
+            reasoning_tokens: reasoning.map(|_| 3),
+        }
+    }
+
+    #[test]
+    fn the_rationale_task_learns_from_the_source_the_config_names() {
+        let rows = [
+            row("a", "So the answer is 4.", Some("2 + 2 = 4")),
+            row("b", "2 + 2 = 4. So the answer is 4.", None),
+        ];
+        let with = |from| {
+            Curation {
+                rationale_from: from,
+                ..Default::default()
+            }
+            .select(&rows)
+            .into_iter()
+            .map(|r| (r.example_id, r.rationale))
+            .collect::<Vec<_>>()
+        };
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            with(RationaleSource::Answer),
+            [s("a", "So the answer is 4."), s("b", "2 + 2 = 4. So the answer is 4.")]
+        );
+        assert_eq!(
+            with(RationaleSource::Reasoning),
+            [s("a", "2 + 2 = 4")],
+            "a row with no trace is left out"
+        );
+        assert_eq!(
+            with(RationaleSource::Both),
+            [
+                s("a", "2 + 2 = 4\n\nSo the answer is 4."),
+                s("b", "2 + 2 = 4. So the answer is 4.")
+            ]
+        );
+        // The default source leaves a training run's identity as it was.
+        let id = serde_json::to_string(&Curation::default()).unwrap();
+        assert!(!id.contains("rationale_from"), "{id}");
     }
 }

@@ -100,6 +100,8 @@ fn main() {
                 budget_usd: None,
                 rationalize: false,
                 keep_raw: false,
+                reasoning_effort: None,
+                top_logprobs: None,
             };
             let (t, cpu0) = (Instant::now(), cpu_seconds());
             let s = rt.block_on(teach(&examples, cfg, &paths_in(dir.path()))).unwrap();

@@ -9,10 +9,10 @@
 //! when a user wants that too.
 
 use crate::error::TeacherError;
-use crate::protocol::{ChatRequest, ChatResponse, Choice, Message, Usage};
+use crate::protocol::{ChatRequest, ChatResponse, Choice, Logprobs, Message, TokenLogprob, Usage};
 use governor::{DefaultDirectRateLimiter, Quota};
 use rand::RngExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -250,11 +250,7 @@ impl TeacherClient {
             retry: true,
             retry_after: None,
         };
-        let wire = Wire {
-            req,
-            stream: self.cfg.stream.then_some(true),
-            stream_options: self.cfg.stream.then_some(StreamOptions { include_usage: true }),
-        };
+        let wire = wire(req, self.cfg.stream);
         let mut rb = self.http.post(&self.url).json(&wire);
         if let Some(k) = &self.key {
             rb = rb.bearer_auth(k);
@@ -312,20 +308,26 @@ impl TeacherClient {
 }
 
 /// The request as sent: the canonical [`ChatRequest`] (what the cache
-/// hashes) and how to deliver the answer, which is not part of it.
-#[derive(Serialize)]
-struct Wire<'a> {
-    #[serde(flatten)]
-    req: &'a ChatRequest,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stream: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stream_options: Option<StreamOptions>,
-}
-
-#[derive(Serialize)]
-struct StreamOptions {
-    include_usage: bool,
+/// hashes) and how to deliver the answer, which is not part of it. With a
+/// `reasoning_effort` the limit goes as `max_completion_tokens`, which
+/// counts the reasoning tokens too and is the only limit OpenAI's
+/// reasoning models accept; logprobs are asked for with `logprobs: true`.
+pub(crate) fn wire(req: &ChatRequest, stream: bool) -> serde_json::Value {
+    let mut w = serde_json::to_value(req).expect("a chat request serialises");
+    let m = w.as_object_mut().expect("a chat request is an object");
+    if req.reasoning_effort.is_some()
+        && let Some(limit) = m.remove("max_tokens")
+    {
+        m.insert("max_completion_tokens".into(), limit);
+    }
+    if req.wants_logprobs() {
+        m.insert("logprobs".into(), true.into());
+    }
+    if stream {
+        m.insert("stream".into(), true.into());
+        m.insert("stream_options".into(), serde_json::json!({"include_usage": true}));
+    }
+    w
 }
 
 /// One `chat.completion.chunk`, read as tolerantly as a full response.
@@ -353,6 +355,8 @@ struct ChunkChoice {
     delta: Delta,
     #[serde(default)]
     finish_reason: Option<String>,
+    #[serde(default)]
+    logprobs: Option<Logprobs>,
 }
 
 #[derive(Default, Deserialize)]
@@ -361,6 +365,21 @@ struct Delta {
     content: Option<String>,
     #[serde(default)]
     refusal: Option<String>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    reasoning: Option<String>,
+}
+
+/// One choice of a streamed answer so far.
+#[derive(Default)]
+struct Part {
+    text: String,
+    refusal: Option<String>,
+    reasoning_content: Option<String>,
+    reasoning: Option<String>,
+    logprobs: Option<Vec<TokenLogprob>>,
+    finish_reason: Option<String>,
 }
 
 /// A streamed answer being put together, choice by choice.
@@ -369,8 +388,7 @@ struct Assembly {
     id: String,
     created: i64,
     model: String,
-    /// By choice index: text, refusal, finish reason.
-    choices: std::collections::BTreeMap<u32, (String, Option<String>, Option<String>)>,
+    choices: std::collections::BTreeMap<u32, Part>,
     usage: Option<Usage>,
     done: bool,
 }
@@ -402,14 +420,24 @@ impl Assembly {
         }
         for ch in c.choices {
             let e = self.choices.entry(ch.index).or_default();
-            if let Some(t) = ch.delta.content {
-                e.0.push_str(&t);
+            let d = ch.delta;
+            if let Some(t) = d.content {
+                e.text.push_str(&t);
             }
-            if let Some(r) = ch.delta.refusal {
-                e.1.get_or_insert_with(String::new).push_str(&r);
+            for (got, into) in [
+                (d.refusal, &mut e.refusal),
+                (d.reasoning_content, &mut e.reasoning_content),
+                (d.reasoning, &mut e.reasoning),
+            ] {
+                if let Some(t) = got {
+                    into.get_or_insert_with(String::new).push_str(&t);
+                }
+            }
+            if let Some(lp) = ch.logprobs.and_then(|l| l.content) {
+                e.logprobs.get_or_insert_with(Vec::new).extend(lp);
             }
             if ch.finish_reason.is_some() {
-                e.2 = ch.finish_reason;
+                e.finish_reason = ch.finish_reason;
             }
         }
         if c.usage.is_some() {
@@ -421,7 +449,8 @@ impl Assembly {
     /// The whole response, once the stream said it is complete (`[DONE]`,
     /// or every choice finished).
     fn finish(self) -> Result<ChatResponse, Attempt> {
-        let complete = !self.choices.is_empty() && (self.done || self.choices.values().all(|c| c.2.is_some()));
+        let complete =
+            !self.choices.is_empty() && (self.done || self.choices.values().all(|c| c.finish_reason.is_some()));
         if !complete {
             return Err(Attempt {
                 reason: "the stream ended before the answer was complete".into(),
@@ -432,14 +461,17 @@ impl Assembly {
         let choices = self
             .choices
             .into_iter()
-            .map(|(index, (content, refusal, finish_reason))| Choice {
+            .map(|(index, p)| Choice {
                 index,
                 message: Message {
                     role: "assistant".into(),
-                    content,
-                    refusal,
+                    content: p.text,
+                    refusal: p.refusal,
+                    reasoning_content: p.reasoning_content,
+                    reasoning: p.reasoning,
                 },
-                finish_reason,
+                finish_reason: p.finish_reason,
+                logprobs: p.logprobs.map(|c| Logprobs { content: Some(c) }),
             })
             .collect();
         Ok(ChatResponse {

@@ -2,6 +2,7 @@
 //! provider (OpenAI, vLLM, llama.cpp, Ollama) speaks.
 
 use serde::{Deserialize, Serialize};
+pub use stepwise_datasets::shard::{TokenLogprob, TopLogprob};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
@@ -13,6 +14,13 @@ pub struct Message {
     /// Why the model declined, when it did (`content` is then empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal: Option<String>,
+    /// A reasoning model's chain of thought as DeepSeek and older vLLM
+    /// return it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// The same as current vLLM and OpenRouter return it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
 }
 
 impl Message {
@@ -21,7 +29,19 @@ impl Message {
             role: role.into(),
             content: content.into(),
             refusal: None,
+            reasoning_content: None,
+            reasoning: None,
         }
+    }
+
+    /// The chain of thought from whichever field carries it (a server that
+    /// fills both gives the same text twice).
+    pub fn reasoning_field(&self) -> Option<&str> {
+        [&self.reasoning_content, &self.reasoning]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .find(|r| !r.trim().is_empty())
     }
 }
 
@@ -84,6 +104,14 @@ pub struct ChatRequest {
     /// Text that ends a completion (not included in it).
     #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "one_or_many")]
     pub stop: Vec<String>,
+    /// How hard a reasoning model thinks (`low`, `medium`, `high`), passed
+    /// through as OpenAI, vLLM and OpenRouter read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<String>,
+    /// Ask for `logprobs` with this many alternatives a token (0: the
+    /// chosen token's only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u32>,
 }
 
 /// OpenAI's `stop` is a string or a list of strings.
@@ -117,6 +145,11 @@ pub fn approx_tokens(text: &str) -> u32 {
 }
 
 impl ChatRequest {
+    /// Whether logprobs are asked for (`logprobs: true` on the wire).
+    pub fn wants_logprobs(&self) -> bool {
+        self.top_logprobs.is_some()
+    }
+
     /// [`approx_tokens`] over every message.
     pub fn approx_prompt_tokens(&self) -> u32 {
         self.messages.iter().map(|m| approx_tokens(&m.content)).sum()
@@ -137,6 +170,16 @@ pub struct Choice {
     pub message: Message,
     #[serde(default)]
     pub finish_reason: Option<String>,
+    /// The completion's tokens with their log-probabilities, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Logprobs>,
+}
+
+/// A choice's `logprobs`: OpenAI's `content` list (`refusal` is not kept).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Logprobs {
+    #[serde(default)]
+    pub content: Option<Vec<TokenLogprob>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -145,6 +188,21 @@ pub struct Usage {
     pub completion_tokens: u32,
     #[serde(default)]
     pub total_tokens: u32,
+    /// Reasoning tokens among the completion tokens, where reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens_details: Option<CompletionTokensDetails>,
+}
+
+impl Usage {
+    pub fn reasoning_tokens(&self) -> Option<u32> {
+        self.completion_tokens_details.and_then(|d| d.reasoning_tokens)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompletionTokensDetails {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -194,6 +252,8 @@ mod tests {
             n: 1,
             seed: None,
             stop: vec![],
+            reasoning_effort: None,
+            top_logprobs: None,
         };
         // The hash of this request before `refusal` existed: caches and
         // shards written then stay valid.

@@ -56,6 +56,10 @@ pub struct TeachConfig {
     pub rationalize: bool,
     /// Keep the untouched completion in `raw_completion`.
     pub keep_raw: bool,
+    /// A reasoning model's `reasoning_effort`, passed through.
+    pub reasoning_effort: Option<String>,
+    /// Ask for logprobs with this many alternatives a token.
+    pub top_logprobs: Option<u32>,
 }
 
 impl TeachConfig {
@@ -78,6 +82,11 @@ impl TeachConfig {
             n: u32,
             seed: Option<i64>,
             rationalize: bool,
+            /// Absent unless set: identities from before they existed stay.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            reasoning_effort: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            top_logprobs: Option<u32>,
         }
         stepwise_datasets::digest::identity_of(&Id {
             model: &self.client.model,
@@ -94,6 +103,8 @@ impl TeachConfig {
             n: self.n,
             seed: self.seed,
             rationalize: self.rationalize,
+            reasoning_effort: self.reasoning_effort.as_deref(),
+            top_logprobs: self.top_logprobs,
         })
     }
 
@@ -165,6 +176,8 @@ fn request(cfg: &TeachConfig, prompts: &Prompts, ex: &Example, hint: Option<&str
         n: cfg.n,
         seed: cfg.seed,
         stop: vec![crate::protocol::FEW_SHOT_STOP.into()],
+        reasoning_effort: cfg.reasoning_effort.clone(),
+        top_logprobs: cfg.top_logprobs,
     };
     (template, req)
 }
@@ -199,12 +212,14 @@ fn rows_for(
     first_index: u32,
     rationalized: bool,
 ) -> Vec<RationaleRow> {
-    let answers: Vec<Option<String>> = got
+    // The answer is read from the visible text, never from a chain of thought.
+    let splits: Vec<crate::reasoning::Split> = got
         .response
         .choices
         .iter()
-        .map(|c| extract_answer(&c.message.content))
+        .map(|c| crate::reasoning::split(&c.message))
         .collect();
+    let answers: Vec<Option<String>> = splits.iter().map(|s| extract_answer(s.visible)).collect();
     let n = answers.len().max(1) as f32;
     let usage = got.response.usage.unwrap_or_default();
     // Usage is per request; split it over the samples, the remainder on sample 0, so rows sum to the total.
@@ -216,8 +231,9 @@ fn rows_for(
         .choices
         .iter()
         .zip(&answers)
+        .zip(&splits)
         .enumerate()
-        .map(|(i, (c, a))| {
+        .map(|(i, ((c, a), sp))| {
             let same = a.as_ref().map_or(0, |a| {
                 answers
                     .iter()
@@ -225,7 +241,7 @@ fn rows_for(
                     .filter(|b| labels_match(ex.label_kind, b, a, ex.choices.as_deref()))
                     .count()
             });
-            let text = c.message.content.trim();
+            let text = sp.visible;
             RationaleRow {
                 example_id: ex.id.clone(),
                 task: ex.task.clone(),
@@ -254,7 +270,9 @@ fn rows_for(
                 finish_reason: c.finish_reason.clone().unwrap_or_else(|| "unknown".into()),
                 created_at: now,
                 raw_completion: cfg.keep_raw.then(|| c.message.content.clone()),
-                top_logprobs: None,
+                top_logprobs: c.logprobs.as_ref().and_then(|l| l.content.clone()),
+                reasoning: sp.reasoning.clone(),
+                reasoning_tokens: usage.reasoning_tokens().map(|x| per(x, i)),
             }
         })
         .collect()

@@ -83,6 +83,8 @@ fn req(q: &str, max_tokens: u32) -> ChatRequest {
         n: 1,
         seed: None,
         stop: vec![],
+        reasoning_effort: None,
+        top_logprobs: None,
     }
 }
 

@@ -52,6 +52,8 @@ fn teach_cfg(client: ClientConfig) -> TeachConfig {
         budget_usd: None,
         rationalize: false,
         keep_raw: false,
+        reasoning_effort: None,
+        top_logprobs: None,
     }
 }
 
@@ -64,6 +66,8 @@ fn req(q: &str) -> ChatRequest {
         n: 1,
         seed: None,
         stop: vec![],
+        reasoning_effort: None,
+        top_logprobs: None,
     }
 }
 
@@ -444,4 +448,47 @@ async fn an_edited_prompt_retires_the_shards_and_the_cache_answers_every_unchang
     assert_eq!(read_dir_rows(&paths.shards).unwrap().len(), 20);
     assert_eq!(srv.stats.completions.load(std::sync::atomic::Ordering::SeqCst), 40);
     srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reasoning_models_thought_lands_in_the_reasoning_columns_in_each_of_its_forms() {
+    use stepwise_teacher::server::ReasoningForm;
+    let exs = examples(6);
+    for form in [
+        ReasoningForm::ReasoningContent,
+        ReasoningForm::Reasoning,
+        ReasoningForm::Think,
+        ReasoningForm::ThinkOpen,
+    ] {
+        for stream in [false, true] {
+            let srv = server::start(
+                "127.0.0.1:0",
+                ServerConfig {
+                    reasoning: Some(form),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let mut cc = client_cfg(srv.base_url());
+            cc.stream = stream;
+            let s = teach(&exs, teach_cfg(cc), &paths_in(dir.path())).await.unwrap();
+            srv.shutdown().await;
+            assert_eq!((s.rows_written, s.agree_with_gold), (6, 6), "{form:?} stream {stream}");
+            for r in read_dir_rows(&dir.path().join("shards")).unwrap() {
+                let what = format!("{form:?} stream {stream}: {r:?}");
+                // The visible answer is the conclusion only; the steps are the thought.
+                assert!(r.rationale.starts_with("So the answer is "), "{what}");
+                assert!(!r.rationale.contains("think>"), "{what}");
+                let thought = r.reasoning.as_deref().unwrap_or_else(|| panic!("no reasoning: {what}"));
+                assert!(thought.starts_with("There are ") && thought.contains(" = "), "{what}");
+                assert!(!thought.contains("think>"), "{what}");
+                assert!(
+                    r.reasoning_tokens.is_some_and(|t| t > 0 && t < r.completion_tokens),
+                    "{what}"
+                );
+            }
+        }
+    }
 }

@@ -5,7 +5,7 @@ Checks, with pyarrow, pandas and DuckDB (each when installed; pyarrow is require
 the columns and their types, the footer's schema version, and the row counts against _manifest.json.
 Exits non-zero with a message on any mismatch.
 
-  read_shards.py SHARD_DIR --rows N [--require duckdb,pandas]
+  read_shards.py SHARD_DIR --rows N [--reasoning R] [--logprob-tokens T] [--require duckdb,pandas]
 """
 import argparse
 import glob
@@ -20,7 +20,10 @@ EXPECTED = {
     "rationalized": "bool", "teacher_model": "string", "prompt_template": "string", "prompt_hash": "string",
     "temperature": "float", "max_tokens": "uint32", "seed": "int64", "prompt_tokens": "uint32",
     "completion_tokens": "uint32", "latency_ms": "uint32", "finish_reason": "string",
-    "created_at": "timestamp[ms, tz=UTC]", "raw_completion": "string", "top_logprobs": "string",
+    "created_at": "timestamp[ms, tz=UTC]", "raw_completion": "string",
+    "top_logprobs": "list<item: struct<token: string not null, logprob: float not null, "
+    "top_logprobs: list<item: struct<token: string not null, logprob: float not null> not null> not null> not null>",
+    "reasoning": "string", "reasoning_tokens": "uint32",
 }
 
 
@@ -33,6 +36,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("dir")
     p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--reasoning", type=int, help="rows expected to carry a reasoning trace")
+    p.add_argument("--logprob-tokens", type=int, help="completion tokens expected in top_logprobs, all rows together")
     p.add_argument("--require", default="", help="comma-separated readers that must be installed (duckdb, pandas)")
     a = p.parse_args()
     required = {r for r in a.require.split(",") if r}
@@ -50,7 +55,7 @@ def main():
     for s in manifest["shards"]:
         pf = pq.ParquetFile(os.path.join(a.dir, s["file"]))
         md = pf.metadata.metadata or {}
-        if md.get(b"stepwise.schema_version") != b"1":
+        if md.get(b"stepwise.schema_version") != b"2":
             fail(f"{s['file']}: footer schema version {md.get(b'stepwise.schema_version')!r}")
         if pf.metadata.num_rows != s["rows"]:
             fail(f"{s['file']}: {pf.metadata.num_rows} rows, manifest says {s['rows']}")
@@ -66,6 +71,14 @@ def main():
     keys = set(zip(table.column("example_id").to_pylist(), table.column("sample_index").to_pylist()))
     if len(keys) != a.rows:
         fail(f"pyarrow: {a.rows - len(keys)} duplicate (example_id, sample_index) keys")
+    if a.reasoning is not None:
+        n = table.num_rows - table.column("reasoning").null_count
+        if n != a.reasoning:
+            fail(f"pyarrow: {n} rows with reasoning, expected {a.reasoning}")
+    if a.logprob_tokens is not None:
+        lps = [t for v in table.column("top_logprobs").to_pylist() if v for t in v]
+        if len(lps) != a.logprob_tokens or not all(t["top_logprobs"][0]["token"] == t["token"] for t in lps):
+            fail(f"pyarrow: {len(lps)} logprob tokens (expected {a.logprob_tokens}) or alternatives not in order")
     print(f"pyarrow {table.num_rows} rows, {len(got)} columns: ok")
 
     try:
@@ -87,6 +100,13 @@ def main():
         ).fetchone()
         if n != a.rows:
             fail(f"duckdb counted {n} rows, expected {a.rows}")
+        if a.logprob_tokens is not None:
+            (k,) = duckdb.connect().execute(
+                f"select count(*) from (select unnest(top_logprobs) as t from read_parquet('{pattern}'))"
+                " where t.logprob <= 0 and len(t.top_logprobs) = 2"
+            ).fetchone()
+            if k != a.logprob_tokens:
+                fail(f"duckdb unnested {k} logprob tokens, expected {a.logprob_tokens}")
         print(f"duckdb {n} rows ({agree} agree with gold): ok")
     except ImportError:
         if "duckdb" in required:

@@ -2,7 +2,7 @@
 
 mod common;
 use std::process::Command;
-use stepwise_datasets::shard::{RationaleRow, ShardSet};
+use stepwise_datasets::shard::{RationaleRow, ShardSet, TokenLogprob, TopLogprob};
 
 fn row(i: usize, s: u32) -> RationaleRow {
     RationaleRow {
@@ -30,7 +30,28 @@ fn row(i: usize, s: u32) -> RationaleRow {
         finish_reason: "stop".into(),
         created_at: 1_763_900_000_000,
         raw_completion: None,
-        top_logprobs: None,
+        // Every fifth row as a reasoning model with logprobs gives it: two
+        // tokens, each with two alternatives.
+        top_logprobs: (i % 5 == 1).then(|| {
+            (0..2)
+                .map(|k| TokenLogprob {
+                    token: format!("t{k}"),
+                    logprob: -0.5 * k as f32,
+                    top_logprobs: vec![
+                        TopLogprob {
+                            token: format!("t{k}"),
+                            logprob: -0.5 * k as f32,
+                        },
+                        TopLogprob {
+                            token: "x".into(),
+                            logprob: -4.0,
+                        },
+                    ],
+                })
+                .collect()
+        }),
+        reasoning: (i % 5 == 1).then(|| format!("Ann starts with {i}; {i} + 3 = {}.", i + 3)),
+        reasoning_tokens: (i % 5 == 1).then_some(12),
     }
 }
 
@@ -51,7 +72,16 @@ fn pyarrow_pandas_and_duckdb_read_the_shards() {
     let out = Command::new(&py)
         .arg(common::root().join("tests/python/read_shards.py"))
         .arg(dir.path())
-        .args(["--rows", "1000", "--require", require])
+        .args([
+            "--rows",
+            "1000",
+            "--reasoning",
+            "200",
+            "--logprob-tokens",
+            "400",
+            "--require",
+            require,
+        ])
         .output()
         .unwrap();
     let text = format!(

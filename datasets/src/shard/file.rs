@@ -65,17 +65,27 @@ pub(crate) fn open_checked(path: &Path) -> Result<ParquetRecordBatchReaderBuilde
                 format!("not a stepwise rationale shard: no {SCHEMA_VERSION_KEY} in the footer"),
             ));
         }
-        Some(v) if *v != SCHEMA_VERSION.to_string() => {
+        Some(v) if !["1".to_string(), SCHEMA_VERSION.to_string()].contains(&v.to_string()) => {
             return Err(DataError::format(
                 path,
-                format!("shard schema version {v}, this build reads version {SCHEMA_VERSION}"),
+                format!("shard schema version {v}, this build reads versions 1 to {SCHEMA_VERSION}"),
             ));
         }
         _ => {}
     }
+    let v1 = kv.get(SCHEMA_VERSION_KEY) == Some(&"1");
     let want = schema();
     let have = builder.schema();
+    let v1_logprobs = arrow::datatypes::Field::new("top_logprobs", DataType::Utf8, true);
     for f in want.fields() {
+        if v1 && ADDED_IN_V2.contains(&f.name().as_str()) {
+            continue;
+        }
+        let f: &arrow::datatypes::Field = if v1 && f.name() == "top_logprobs" {
+            &v1_logprobs
+        } else {
+            f.as_ref()
+        };
         match have.field_with_name(f.name()) {
             Err(_) => return Err(DataError::format(path, format!("column {:?} is missing", f.name()))),
             Ok(h) if !types_compatible(h.data_type(), f.data_type()) => {

@@ -22,8 +22,9 @@ pub use row::*;
 pub use set::*;
 pub use validate::*;
 
-/// Bumped when a column is added, removed or changes meaning.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Bumped when a column is added, removed or changes meaning. Version 1
+/// files still read (see `row.rs`).
+pub const SCHEMA_VERSION: u32 = 2;
 /// Footer key holding [`SCHEMA_VERSION`].
 pub const SCHEMA_VERSION_KEY: &str = "stepwise.schema_version";
 /// Footer key marking the file as a rationale shard.

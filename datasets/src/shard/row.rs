@@ -1,12 +1,19 @@
 //! The shard schema: one [`RationaleRow`] per teacher sample, to and from Arrow.
+//!
+//! Version 2 added `reasoning` and `reasoning_tokens` (a reasoning model's
+//! chain of thought, apart from its visible answer) and made `top_logprobs`
+//! typed (a list of [`TokenLogprob`] structs, not JSON text). Version-1
+//! files still read: their rows have no reasoning, and their `top_logprobs`
+//! text is parsed where it holds OpenAI's shape.
 
 use super::{KIND, KIND_KEY, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
 use crate::table::opt_str;
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, BooleanBuilder, Float32Array, Int64Array, ListArray, ListBuilder, RecordBatch,
-    StringArray, StringBuilder, TimestampMillisecondArray, UInt32Array,
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Float32Array, Int64Array, ListArray, ListBuilder,
+    RecordBatch, StringArray, StringBuilder, StructArray, TimestampMillisecondArray, UInt32Array,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::buffer::{NullBuffer, OffsetBuffer};
+use arrow::datatypes::{DataType, Field, Fields, Float32Type, Schema, SchemaRef, TimeUnit};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, OnceLock};
 
@@ -44,8 +51,38 @@ pub struct RationaleRow {
     /// Milliseconds since the Unix epoch, UTC.
     pub created_at: i64,
     pub raw_completion: Option<String>,
-    /// The provider's `top_logprobs`, as JSON text.
-    pub top_logprobs: Option<String>,
+    /// The completion tokens' log-probabilities with their most likely
+    /// alternatives, when they were asked for (what logit distillation
+    /// trains on).
+    #[serde(default)]
+    pub top_logprobs: Option<Vec<TokenLogprob>>,
+    /// A reasoning model's chain of thought (`reasoning_content`,
+    /// `reasoning`, or an inline `<think>` block), apart from the visible
+    /// answer in `rationale`.
+    #[serde(default)]
+    pub reasoning: Option<String>,
+    /// The provider's count of reasoning tokens
+    /// (`usage.completion_tokens_details.reasoning_tokens`), within
+    /// `completion_tokens`.
+    #[serde(default)]
+    pub reasoning_tokens: Option<u32>,
+}
+
+/// One completion token: its log-probability and the most likely tokens at
+/// its position (OpenAI's `logprobs.content[i]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    #[serde(default)]
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// An alternative token at one position and its log-probability.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
 }
 
 impl RationaleRow {
@@ -93,7 +130,9 @@ pub fn schema() -> SchemaRef {
                 false,
             ),
             utf8("raw_completion", true),
-            utf8("top_logprobs", true),
+            Field::new("top_logprobs", logprobs_type(), true),
+            utf8("reasoning", true),
+            Field::new("reasoning_tokens", DataType::UInt32, true),
         ];
         let meta = [
             (SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string()),
@@ -102,6 +141,122 @@ pub fn schema() -> SchemaRef {
         Arc::new(Schema::new(fields).with_metadata(meta.into_iter().collect::<std::collections::HashMap<_, _>>()))
     })
     .clone()
+}
+
+/// The columns version 2 added; a version-1 file has none of them (and its
+/// `top_logprobs` is text).
+pub const ADDED_IN_V2: [&str; 2] = ["reasoning", "reasoning_tokens"];
+
+fn alternative_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("token", DataType::Utf8, false),
+        Field::new("logprob", DataType::Float32, false),
+    ])
+}
+
+fn token_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("token", DataType::Utf8, false),
+        Field::new("logprob", DataType::Float32, false),
+        Field::new(
+            "top_logprobs",
+            DataType::List(Arc::new(Field::new(
+                "item",
+                DataType::Struct(alternative_fields()),
+                false,
+            ))),
+            false,
+        ),
+    ])
+}
+
+/// `top_logprobs`: a list of `{token, logprob, top_logprobs: [{token, logprob}]}`,
+/// OpenAI's `logprobs.content` as a typed column.
+pub fn logprobs_type() -> DataType {
+    DataType::List(Arc::new(Field::new("item", DataType::Struct(token_fields()), false)))
+}
+
+fn logprobs_array(rows: &[RationaleRow]) -> ArrayRef {
+    let (mut tokens, mut lps, mut tok_offsets, mut valid) = (StringBuilder::new(), Vec::new(), vec![0i32], Vec::new());
+    let (mut alt_tokens, mut alt_lps, mut alt_offsets) = (StringBuilder::new(), Vec::new(), vec![0i32]);
+    for r in rows {
+        for t in r.top_logprobs.iter().flatten() {
+            tokens.append_value(&t.token);
+            lps.push(t.logprob);
+            for a in &t.top_logprobs {
+                alt_tokens.append_value(&a.token);
+                alt_lps.push(a.logprob);
+            }
+            alt_offsets.push(alt_lps.len() as i32);
+        }
+        tok_offsets.push(lps.len() as i32);
+        valid.push(r.top_logprobs.is_some());
+    }
+    let alts = StructArray::new(
+        alternative_fields(),
+        vec![Arc::new(alt_tokens.finish()), Arc::new(Float32Array::from(alt_lps))],
+        None,
+    );
+    let alts = ListArray::new(
+        Arc::new(Field::new("item", DataType::Struct(alternative_fields()), false)),
+        OffsetBuffer::new(alt_offsets.into()),
+        Arc::new(alts),
+        None,
+    );
+    let toks = StructArray::new(
+        token_fields(),
+        vec![
+            Arc::new(tokens.finish()),
+            Arc::new(Float32Array::from(lps)),
+            Arc::new(alts),
+        ],
+        None,
+    );
+    Arc::new(ListArray::new(
+        Arc::new(Field::new("item", DataType::Struct(token_fields()), false)),
+        OffsetBuffer::new(tok_offsets.into()),
+        Arc::new(toks),
+        Some(NullBuffer::from(valid)),
+    ))
+}
+
+/// Row `i`'s logprobs: typed (version 2) or OpenAI-shaped JSON text (version 1).
+fn logprobs_at(col: &dyn Array, i: usize) -> Option<Vec<TokenLogprob>> {
+    if !col.is_valid(i) {
+        return None;
+    }
+    if let Some(text) = col.as_any().downcast_ref::<StringArray>() {
+        return serde_json::from_str(text.value(i)).ok();
+    }
+    let list = col.as_list::<i32>().value(i);
+    let s = list.as_struct();
+    let (tok, lp, top) = (
+        s.column(0).as_string::<i32>(),
+        s.column(1).as_primitive::<Float32Type>(),
+        s.column(2).as_list::<i32>(),
+    );
+    Some(
+        (0..s.len())
+            .map(|j| {
+                let alts = top.value(j);
+                let a = alts.as_struct();
+                let (at, al) = (
+                    a.column(0).as_string::<i32>(),
+                    a.column(1).as_primitive::<Float32Type>(),
+                );
+                TokenLogprob {
+                    token: tok.value(j).to_string(),
+                    logprob: lp.value(j),
+                    top_logprobs: (0..a.len())
+                        .map(|k| TopLogprob {
+                            token: at.value(k).to_string(),
+                            logprob: al.value(k),
+                        })
+                        .collect(),
+                }
+            })
+            .collect(),
+    )
 }
 
 fn strings<'a>(rows: &'a [RationaleRow], f: impl Fn(&'a RationaleRow) -> &'a str) -> ArrayRef {
@@ -157,7 +312,9 @@ pub fn rows_to_batch(rows: &[RationaleRow]) -> RecordBatch {
         strings(rows, |r| &r.finish_reason),
         Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.created_at)).with_timezone("UTC")),
         opt_strings(rows, |r| r.raw_completion.as_deref()),
-        opt_strings(rows, |r| r.top_logprobs.as_deref()),
+        logprobs_array(rows),
+        opt_strings(rows, |r| r.reasoning.as_deref()),
+        Arc::new(rows.iter().map(|r| r.reasoning_tokens).collect::<UInt32Array>()),
     ];
     RecordBatch::try_new(schema(), columns).expect("columns follow the shard schema")
 }
@@ -168,7 +325,8 @@ pub(crate) fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> &'a T {
         .expect("schema checked before conversion")
 }
 
-/// A record batch in the shard schema back to rows.
+/// A record batch in the shard schema (version 2, or version 1 without the
+/// columns it lacks) back to rows.
 pub fn batch_to_rows(b: &RecordBatch) -> Vec<RationaleRow> {
     let s = |n| col::<StringArray>(b, n);
     let u = |n| col::<UInt32Array>(b, n);
@@ -185,14 +343,22 @@ pub fn batch_to_rows(b: &RecordBatch) -> Vec<RationaleRow> {
     let choices = col::<ListArray>(b, "choices");
     let agrees = col::<BooleanArray>(b, "agrees_with_gold");
     let ratz = col::<BooleanArray>(b, "rationalized");
-    let (model, tmpl, phash, fin, raw, lp) = (
+    let (model, tmpl, phash, fin, raw) = (
         s("teacher_model"),
         s("prompt_template"),
         s("prompt_hash"),
         s("finish_reason"),
         s("raw_completion"),
-        s("top_logprobs"),
     );
+    let lp = b
+        .column_by_name("top_logprobs")
+        .expect("schema checked before conversion");
+    let reasoning = b
+        .column_by_name("reasoning")
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>());
+    let reasoning_tokens = b
+        .column_by_name("reasoning_tokens")
+        .and_then(|c| c.as_any().downcast_ref::<UInt32Array>());
     let seed = col::<Int64Array>(b, "seed");
     let created = col::<TimestampMillisecondArray>(b, "created_at");
     (0..b.num_rows())
@@ -225,7 +391,9 @@ pub fn batch_to_rows(b: &RecordBatch) -> Vec<RationaleRow> {
             finish_reason: fin.value(i).to_string(),
             created_at: created.value(i),
             raw_completion: opt_str(raw, i),
-            top_logprobs: opt_str(lp, i),
+            top_logprobs: logprobs_at(lp.as_ref(), i),
+            reasoning: reasoning.and_then(|c| opt_str(c, i)),
+            reasoning_tokens: reasoning_tokens.and_then(|c| c.is_valid(i).then(|| c.value(i))),
         })
         .collect()
 }

@@ -158,12 +158,17 @@ pub struct ServeArgs {
     pub stall_ms: u64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Answer as a reasoning model does: the thought in
+    /// `reasoning_content`, in `reasoning`, inline in `<think>` tags
+    /// (`think`), or inline with no opening tag (`think-open`).
+    #[arg(long)]
+    pub reasoning: Option<stepwise_teacher::server::ReasoningForm>,
 }
 
 impl ServeArgs {
     pub fn config(&self) -> Result<ServerConfig> {
         let model =
-            crate::gguf_teacher::local_backend(self.backend, self.gguf.as_deref(), &self.device, "--gguf FILE")?;
+            crate::gguf_teacher::local_backend(self.backend, self.gguf.as_deref(), &self.device, "--gguf FILE", None)?;
         let api_key = match &self.api_key_env {
             None => None,
             Some(var) => Some(
@@ -192,6 +197,7 @@ impl ServeArgs {
                 stall: Duration::from_millis(self.stall_ms),
             },
             seed: self.seed,
+            reasoning: self.reasoning,
             model,
             ..Default::default()
         })
@@ -250,6 +256,8 @@ pub fn run_teacher(cmd: TeacherCommand) -> Result<()> {
                 n: 1,
                 seed: None,
                 stop: vec![stepwise_teacher::protocol::FEW_SHOT_STOP.into()],
+                reasoning_effort: None,
+                top_logprobs: None,
             };
             let got = c.complete(&req, max_tokens).await?;
             let text = &got.response.choices[0].message.content;

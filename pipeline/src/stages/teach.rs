@@ -48,7 +48,7 @@ pub fn dry_run(plan: &Plan, tc: &TeachConfig) -> Result<(Estimate, Option<TimeEs
     let examples = examples(plan)?;
     let todo = pending(plan, tc, &examples)?;
     let cost = estimate(&todo, &|_| false, tc)?;
-    let time = match local_model(plan)? {
+    let time = match local_model(plan, &examples)? {
         Some(local) if local.timed && !todo.is_empty() => {
             Some(time_estimate(local.model.as_ref(), local.max_batch, tc, &todo)?)
         }
@@ -65,7 +65,8 @@ struct LocalModel {
     timed: bool,
 }
 
-fn local_model(plan: &Plan) -> Result<Option<LocalModel>> {
+/// `examples`: what the `gold` backend knows.
+fn local_model(plan: &Plan, examples: &[Example]) -> Result<Option<LocalModel>> {
     let Endpoint::Local {
         backend,
         gguf,
@@ -75,7 +76,7 @@ fn local_model(plan: &Plan) -> Result<Option<LocalModel>> {
     else {
         return Ok(None);
     };
-    let model = crate::gguf_teacher::local_backend(*backend, gguf.as_deref(), device, "teacher.gguf")?;
+    let model = crate::gguf_teacher::local_backend(*backend, gguf.as_deref(), device, "teacher.gguf", Some(examples))?;
     let max_batch = max_batch
         .or_else(|| model.suggested_batch())
         .unwrap_or(ServerConfig::default().max_batch)
@@ -243,7 +244,7 @@ pub fn run(plan: &Plan, tc: TeachConfig) -> Result<()> {
     }
     let paths = plan.dir.teach();
     let mut tc = tc;
-    let local = local_model(plan)?;
+    let local = local_model(plan, &examples)?;
     if let Some(l) = &local
         && l.timed
     {

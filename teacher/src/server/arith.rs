@@ -146,7 +146,7 @@ fn chain_text(p: &ParsedProblem, steps: &[(Op, i64)]) -> Option<(i64, String)> {
 
 /// `text` cut to `max_tokens` at four characters a token (on a character
 /// boundary), and the finish reason that says whether it was cut.
-fn truncate_to_tokens(text: String, max_tokens: u32) -> (String, &'static str) {
+pub(super) fn truncate_to_tokens(text: String, max_tokens: u32) -> (String, &'static str) {
     let max_chars = max_tokens as usize * 4;
     if text.len() <= max_chars {
         return (text, "stop");

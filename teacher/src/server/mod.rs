@@ -2,7 +2,8 @@
 //! default teacher and the test bed of the client, over real HTTP.
 //!
 //! Any [`ChatModel`] answers behind it: the built-in arithmetic teachers
-//! ([`ArithTeacher`], called inline) or a real LLM (the pipeline's `gguf`
+//! ([`ArithTeacher`], called inline), the teacher of a set of examples'
+//! gold answers ([`GoldTeacher`]) or a real LLM (the pipeline's `gguf`
 //! backend), which gets the requests waiting at the same time as one batch
 //! on a thread of its own. Added latency and injected faults ([`faults`])
 //! exercise clients as a slow, flaky provider would.
@@ -10,11 +11,13 @@
 pub mod api;
 pub mod arith;
 pub mod faults;
+pub mod gold;
 mod inflight;
 
 pub use api::{ApiError, ChatCall, Streaming};
 pub use arith::ArithTeacher;
 pub use faults::{Fault, Faults};
+pub use gold::GoldTeacher;
 
 use crate::error::TeacherError;
 use crate::protocol::{ChatResponse, Choice, Message, Usage};
@@ -150,6 +153,67 @@ pub struct ServerConfig {
     pub faults: Faults,
     /// Seeds the fault draws.
     pub seed: u64,
+    /// Answer as a reasoning model of this kind would (a test bed for
+    /// clients of reasoning models); `None`: plain answers.
+    pub reasoning: Option<ReasoningForm>,
+}
+
+/// How a reasoning model's chain of thought comes back. The server makes
+/// one of the model's text: everything before its last "So the answer is"
+/// is the thought, the rest the visible answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReasoningForm {
+    /// `message.reasoning_content` (DeepSeek, older vLLM).
+    ReasoningContent,
+    /// `message.reasoning` (current vLLM, OpenRouter).
+    Reasoning,
+    /// Inline: `<think>thought</think>answer` in `content`.
+    Think,
+    /// Inline with the opening tag in the chat template, not the
+    /// completion: `thought</think>answer`.
+    ThinkOpen,
+}
+
+impl std::str::FromStr for ReasoningForm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "reasoning_content" => Ok(ReasoningForm::ReasoningContent),
+            "reasoning" => Ok(ReasoningForm::Reasoning),
+            "think" => Ok(ReasoningForm::Think),
+            "think-open" => Ok(ReasoningForm::ThinkOpen),
+            other => Err(format!(
+                "unknown reasoning form {other:?} (expected reasoning_content, reasoning, think or think-open)"
+            )),
+        }
+    }
+}
+
+/// A completion as a reasoning model returns it.
+struct Shaped {
+    content: String,
+    /// The field the thought goes in (`reasoning_content` or `reasoning`), and the thought.
+    field: Option<(&'static str, String)>,
+    reasoning_tokens: u32,
+}
+
+impl ReasoningForm {
+    fn shape(self, text: &str) -> Shaped {
+        let at = text.rfind("So the answer is").unwrap_or(0);
+        let (thought, answer) = (text[..at].trim(), text[at..].trim());
+        let reasoning_tokens = crate::protocol::approx_tokens(thought);
+        let (content, field) = match self {
+            ReasoningForm::ReasoningContent => (answer.to_string(), Some(("reasoning_content", thought.to_string()))),
+            ReasoningForm::Reasoning => (answer.to_string(), Some(("reasoning", thought.to_string()))),
+            ReasoningForm::Think => (format!("<think>\n{thought}\n</think>\n\n{answer}"), None),
+            ReasoningForm::ThinkOpen => (format!("{thought}\n</think>\n\n{answer}"), None),
+        };
+        Shaped {
+            content,
+            field,
+            reasoning_tokens,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -165,6 +229,7 @@ impl Default for ServerConfig {
             latency: Duration::ZERO,
             faults: Faults::default(),
             seed: 0,
+            reasoning: None,
         }
     }
 }
@@ -224,6 +289,7 @@ struct AppState {
     stats: Arc<Stats>,
     /// When the server started: `created` of the model objects.
     started: i64,
+    reasoning: Option<ReasoningForm>,
 }
 
 impl AppState {
@@ -296,6 +362,7 @@ pub async fn start(addr: &str, cfg: ServerConfig) -> Result<LocalServer, Teacher
         stall_after: cfg.stall_after,
         stats: stats.clone(),
         started: chrono::Utc::now().timestamp(),
+        reasoning: cfg.reasoning,
     });
     let injector = Arc::new(faults::Injector::new(cfg.faults, cfg.latency, cfg.seed));
     // Layers run last-added first: admit, then faults, then the handler.
@@ -532,9 +599,9 @@ async fn chat(
                 alive: s.alive.clone(),
                 stall_after: s.stall_after,
             });
-            stream(head, opts, rx, beat)
+            stream(head, opts, rx, beat, s.reasoning)
         }
-        None => match collect(head.n, rx).await {
+        None => match collect(head.n, rx, s.reasoning).await {
             Ok((choices, usage)) => Json(ChatResponse {
                 id: head.id,
                 object: "chat.completion".into(),
@@ -618,7 +685,11 @@ fn sse(data: &serde_json::Value) -> Bytes {
 
 /// The `n` choices of a non-streamed answer and their usage; the first
 /// failed job fails the request.
-async fn collect(n: u32, mut rx: UnboundedReceiver<Event>) -> Result<(Vec<Choice>, Usage), ApiError> {
+async fn collect(
+    n: u32,
+    mut rx: UnboundedReceiver<Event>,
+    form: Option<ReasoningForm>,
+) -> Result<(Vec<Choice>, Usage), ApiError> {
     let mut outs: Vec<Option<ModelOutput>> = vec![None; n as usize];
     let mut left = n;
     while left > 0 {
@@ -640,15 +711,31 @@ async fn collect(n: u32, mut rx: UnboundedReceiver<Event>) -> Result<(Vec<Choice
         .map(|(i, out)| {
             usage.prompt_tokens = out.prompt_tokens;
             usage.completion_tokens += out.completion_tokens;
+            let mut message = Message::new("assistant", out.text);
+            if let Some(sh) = form.map(|f| f.shape(&message.content)) {
+                message.content = sh.content;
+                match sh.field {
+                    Some(("reasoning", t)) => message.reasoning = Some(t),
+                    Some((_, t)) => message.reasoning_content = Some(t),
+                    None => {}
+                }
+                add_reasoning_tokens(&mut usage, sh.reasoning_tokens);
+            }
             Choice {
                 index: i as u32,
-                message: Message::new("assistant", out.text),
+                message,
                 finish_reason: Some(out.finish_reason.into()),
+                logprobs: None,
             }
         })
         .collect();
     usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
     Ok((choices, usage))
+}
+
+fn add_reasoning_tokens(u: &mut Usage, n: u32) {
+    let d = u.completion_tokens_details.get_or_insert_default();
+    *d.reasoning_tokens.get_or_insert(0) += n;
 }
 
 /// A streamed answer: server-sent `chat.completion.chunk` events (the
@@ -657,7 +744,13 @@ async fn collect(n: u32, mut rx: UnboundedReceiver<Event>) -> Result<(Vec<Choice
 /// midway sends the API's error object and ends the stream. When the
 /// client goes, the body is dropped, and with it the events' receiver:
 /// the model thread sees that and stops decoding for it.
-fn stream(head: Head, opts: Streaming, mut rx: UnboundedReceiver<Event>, beat: Option<Heartbeat>) -> Response {
+fn stream(
+    head: Head,
+    opts: Streaming,
+    mut rx: UnboundedReceiver<Event>,
+    beat: Option<Heartbeat>,
+    form: Option<ReasoningForm>,
+) -> Response {
     let (out, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
     tokio::spawn(async move {
         let usage_null = opts.include_usage.then_some(serde_json::Value::Null);
@@ -692,6 +785,8 @@ fn stream(head: Head, opts: Streaming, mut rx: UnboundedReceiver<Event>, beat: O
                 }
             };
             let frame = match next {
+                // A reasoning form is made of the whole text, at its end.
+                Some(Event::Text(..)) if form.is_some() => continue,
                 Some(Event::Text(i, text)) => {
                     sent[i as usize] += text.len();
                     head.chunk(
@@ -703,7 +798,27 @@ fn stream(head: Head, opts: Streaming, mut rx: UnboundedReceiver<Event>, beat: O
                     left -= 1;
                     usage.prompt_tokens = o.prompt_tokens;
                     usage.completion_tokens += o.completion_tokens;
-                    if let Some(rest) = o.text.get(sent[i as usize]..).filter(|r| !r.is_empty()) {
+                    let shaped = form.map(|f| f.shape(&o.text));
+                    if let Some(sh) = &shaped {
+                        add_reasoning_tokens(&mut usage, sh.reasoning_tokens);
+                        if let Some((field, thought)) = &sh.field {
+                            let c = head.chunk(
+                                choice(
+                                    i,
+                                    serde_json::Value::Object(
+                                        [(field.to_string(), thought.clone().into())].into_iter().collect(),
+                                    ),
+                                    None,
+                                ),
+                                usage_null.clone(),
+                            );
+                            if out.send(Ok(c)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    let text = shaped.map_or(o.text, |sh| sh.content);
+                    if let Some(rest) = text.get(sent[i as usize]..).filter(|r| !r.is_empty()) {
                         let c = head.chunk(
                             choice(i, serde_json::json!({"content": rest}), None),
                             usage_null.clone(),
