@@ -14,6 +14,8 @@
 //!   not their content: the style converges on the teacher's while the
 //!   held-out accuracy stays on the floor, style-only imitation.
 
+mod common;
+use common::{accuracy, metrics};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,21 +40,6 @@ fn run(dir: &Path, name: &str, cfg: &str) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     out_dir
-}
-
-fn metrics(dir: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap()
-}
-
-fn accuracy(m: &Value, model: &str, split: &str) -> f64 {
-    m["scores"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["model"] == model && s["split"] == split)
-        .unwrap_or_else(|| panic!("no score for {model} on {split}"))["accuracy"]["value"]
-        .as_f64()
-        .unwrap()
 }
 
 fn summary(dir: &Path, student: &str) -> Value {
@@ -174,7 +161,7 @@ fn made_up_facts(path: &Path, n: usize, seed: u64) {
         s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((s >> 33) % k as u64) as usize
     };
-    let mut word = |parts: usize, next: &mut dyn FnMut(usize) -> usize| {
+    let word = |parts: usize, next: &mut dyn FnMut(usize) -> usize| {
         let w: String = (0..parts).map(|_| SYL[next(SYL.len())]).collect();
         let mut c = w.chars();
         c.next().unwrap().to_uppercase().chain(c).collect::<String>()

@@ -2,7 +2,8 @@
 //! gives knowledge transfer (and a run stopped by Ctrl-C while teaching and
 //! killed mid-training, then re-run, ends with the same results); the mimic teacher gives style-only imitation.
 
-use serde_json::Value;
+mod common;
+use common::{accuracy, metrics};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,21 +46,6 @@ fn run(cfg: &Path, dir: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn metrics(dir: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap()
-}
-
-fn accuracy(m: &Value, model: &str, split: &str) -> f64 {
-    m["scores"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["model"] == model && s["split"] == split)
-        .unwrap_or_else(|| panic!("no score for {model} on {split}"))["accuracy"]["value"]
-        .as_f64()
-        .unwrap()
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Helpers shared by the CLI tests that talk to `stepwise teacher serve`.
+//! Helpers shared by the CLI tests: `stepwise teacher serve`, and a run's metrics.
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
@@ -61,4 +61,21 @@ pub fn smollm2() -> Option<PathBuf> {
         return None;
     }
     Some(model)
+}
+
+/// A finished run's `metrics.json`.
+pub fn metrics(dir: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap()
+}
+
+/// `model`'s accuracy on `split` in a run's metrics.
+pub fn accuracy(m: &serde_json::Value, model: &str, split: &str) -> f64 {
+    m["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["model"] == model && s["split"] == split)
+        .unwrap_or_else(|| panic!("no score for {model} on {split}"))["accuracy"]["value"]
+        .as_f64()
+        .unwrap()
 }

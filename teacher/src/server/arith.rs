@@ -41,24 +41,10 @@ impl ChatModel for ArithTeacher {
     fn complete(&self, jobs: &[ModelJob]) -> Vec<Result<ModelOutput, String>> {
         jobs.iter()
             .map(|job| {
-                let question = job
-                    .messages
-                    .iter()
-                    .rev()
-                    .find(|m| m.role == "user")
-                    .map(|m| m.content.as_str())
-                    .unwrap_or("");
                 // The seed these teachers have always used, not `ModelJob::seed`:
                 // the mimic's numbers for a given request stay what they were.
                 let seed = job.request_seed.unwrap_or(0) as u64 ^ (job.sample as u64 + 1);
-                let (text, finish_reason) =
-                    truncate_to_tokens(self.answer(question, seed), job.max_tokens.unwrap_or(u32::MAX));
-                Ok(ModelOutput {
-                    completion_tokens: approx_tokens(&text),
-                    prompt_tokens: job.messages.iter().map(|m| approx_tokens(&m.content)).sum(),
-                    text,
-                    finish_reason,
-                })
+                Ok(instant_output(job, self.answer(last_user(job), seed)))
             })
             .collect()
     }
@@ -144,9 +130,31 @@ fn chain_text(p: &ParsedProblem, steps: &[(Op, i64)]) -> Option<(i64, String)> {
     Some((ans, p.rationale(steps)?))
 }
 
+/// The last user message of `job`: what an instant teacher answers.
+pub(super) fn last_user(job: &ModelJob) -> &str {
+    job.messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .map(|m| m.content.as_str())
+        .unwrap_or("")
+}
+
+/// An instant teacher's answer `text` to `job`: cut to its `max_tokens`,
+/// tokens counted at four characters each ([`approx_tokens`]).
+pub(super) fn instant_output(job: &ModelJob, text: String) -> ModelOutput {
+    let (text, finish_reason) = truncate_to_tokens(text, job.max_tokens.unwrap_or(u32::MAX));
+    ModelOutput {
+        completion_tokens: approx_tokens(&text),
+        prompt_tokens: job.messages.iter().map(|m| approx_tokens(&m.content)).sum(),
+        text,
+        finish_reason,
+    }
+}
+
 /// `text` cut to `max_tokens` at four characters a token (on a character
 /// boundary), and the finish reason that says whether it was cut.
-pub(super) fn truncate_to_tokens(text: String, max_tokens: u32) -> (String, &'static str) {
+fn truncate_to_tokens(text: String, max_tokens: u32) -> (String, &'static str) {
     let max_chars = max_tokens as usize * 4;
     if text.len() <= max_chars {
         return (text, "stop");

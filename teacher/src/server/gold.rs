@@ -7,9 +7,8 @@
 //! knowledge task) and gives the human-rationale baseline of Distilling
 //! Step-by-Step with the pipeline's own machinery.
 
-use super::arith::truncate_to_tokens;
+use super::arith::{instant_output, last_user};
 use super::{ChatModel, ModelJob, ModelOutput};
-use crate::protocol::approx_tokens;
 use std::collections::HashMap;
 use stepwise_datasets::Example;
 
@@ -87,26 +86,10 @@ impl ChatModel for GoldTeacher {
     }
 
     /// Answers the last user message, cut to `max_tokens` (four characters
-    /// a token, as [`approx_tokens`] counts).
+    /// a token, as `approx_tokens` counts).
     fn complete(&self, jobs: &[ModelJob]) -> Vec<Result<ModelOutput, String>> {
         jobs.iter()
-            .map(|job| {
-                let question = job
-                    .messages
-                    .iter()
-                    .rev()
-                    .find(|m| m.role == "user")
-                    .map(|m| m.content.as_str())
-                    .unwrap_or("");
-                let (text, finish_reason) =
-                    truncate_to_tokens(self.answer(question).to_string(), job.max_tokens.unwrap_or(u32::MAX));
-                Ok(ModelOutput {
-                    completion_tokens: approx_tokens(&text),
-                    prompt_tokens: job.messages.iter().map(|m| approx_tokens(&m.content)).sum(),
-                    text,
-                    finish_reason,
-                })
-            })
+            .map(|job| Ok(instant_output(job, self.answer(last_user(job)).to_string())))
             .collect()
     }
 
