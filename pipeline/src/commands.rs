@@ -108,6 +108,9 @@ pub fn teach(a: &TeachArgs) -> Result<()> {
         Some(d) => plan_of_run(d)?,
         None => plan_for(a.config.as_deref(), a.dir.as_deref())?,
     };
+    if a.cancel {
+        return stages::teach::cancel(&plan);
+    }
     let mut digests = plan.digests();
     let check = if a.dry_run {
         TeacherCheck::IfTeachHasWork
@@ -120,9 +123,13 @@ pub fn teach(a: &TeachArgs) -> Result<()> {
     stages::data::run(&plan, &checked.data_identity)?;
     if a.dry_run {
         let (e, time) = stages::teach::dry_run(&plan, &checked.teach)?;
+        let (cost, how) = match &plan.teacher.batch {
+            Some(b) => (e.max_cost_usd * (1.0 - b.discount), " at the batch price"),
+            None => (e.max_cost_usd, ""),
+        };
         println!(
-            "would send {} requests: ~{} prompt tokens, at most {} completion tokens, at most ${:.4}",
-            e.requests, e.prompt_tokens, e.max_completion_tokens, e.max_cost_usd
+            "would send {} requests: ~{} prompt tokens, at most {} completion tokens, at most ${cost:.4}{how}",
+            e.requests, e.prompt_tokens, e.max_completion_tokens
         );
         if let Some(t) = time {
             println!("time: {t}");

@@ -152,6 +152,66 @@ pub struct TeacherSection {
     /// Ask for logprobs with this many alternatives a token (0 to 20),
     /// kept in the shards' `top_logprobs`.
     pub top_logprobs: Option<u32>,
+    /// `live`: one request at a time over chat completions; `batch`: the
+    /// provider's Files and Batch APIs, at the batch price.
+    pub mode: TeachMode,
+    /// How batches are made and waited for (`mode = "batch"`).
+    pub batch: BatchSection,
+}
+
+/// `teacher.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeachMode {
+    #[default]
+    Live,
+    Batch,
+}
+
+/// `[teacher.batch]`: the provider's limits and how patiently to wait.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchSection {
+    /// Most requests in one batch (OpenAI: 50,000).
+    pub max_requests: usize,
+    /// Most bytes in one input file (OpenAI: 200 MB).
+    pub max_bytes: u64,
+    /// The first wait between two looks at a batch (it grows by half each look).
+    pub poll_s: f64,
+    /// The longest wait between two looks.
+    pub poll_max_s: f64,
+    /// The share of the live price a batch saves.
+    pub discount: f64,
+    /// Submissions of a request before it is recorded as failed.
+    pub max_attempts: u32,
+}
+
+impl Default for BatchSection {
+    fn default() -> Self {
+        let d = stepwise_teacher::batch::BatchConfig::default();
+        BatchSection {
+            max_requests: d.max_requests,
+            max_bytes: d.max_bytes,
+            poll_s: d.poll_min.as_secs_f64(),
+            poll_max_s: d.poll_max.as_secs_f64(),
+            discount: d.discount,
+            max_attempts: d.max_attempts,
+        }
+    }
+}
+
+impl BatchSection {
+    pub fn config(&self) -> stepwise_teacher::batch::BatchConfig {
+        stepwise_teacher::batch::BatchConfig {
+            max_requests: self.max_requests,
+            max_bytes: self.max_bytes,
+            poll_min: std::time::Duration::from_secs_f64(self.poll_s),
+            poll_max: std::time::Duration::from_secs_f64(self.poll_max_s.max(self.poll_s)),
+            discount: self.discount,
+            max_attempts: self.max_attempts,
+            ..Default::default()
+        }
+    }
 }
 
 /// `teacher.reasoning_effort`, as OpenAI, vLLM and OpenRouter read it.
@@ -209,6 +269,8 @@ impl Default for TeacherSection {
             budget_usd: None,
             reasoning_effort: None,
             top_logprobs: None,
+            mode: TeachMode::Live,
+            batch: BatchSection::default(),
         }
     }
 }
@@ -327,6 +389,19 @@ impl RunConfig {
         }
         if let Some(k) = t.top_logprobs.filter(|k| *k > 20) {
             return Err(format!("teacher.top_logprobs = {k}: at most 20 (the providers' limit)"));
+        }
+        let b = &t.batch;
+        if b.max_requests == 0 || b.max_bytes == 0 || b.max_attempts == 0 {
+            return Err("teacher.batch.max_requests, max_bytes and max_attempts: at least 1".into());
+        }
+        if !(b.poll_s > 0.0 && b.poll_s.is_finite() && b.poll_max_s.is_finite()) {
+            return Err(format!("teacher.batch.poll_s = {}: must be above 0", b.poll_s));
+        }
+        if !(0.0..1.0).contains(&b.discount) {
+            return Err(format!(
+                "teacher.batch.discount = {}: a share of the price, from 0 to below 1",
+                b.discount
+            ));
         }
         if t.max_batch == Some(0) || t.concurrency == Some(0) {
             return Err("teacher.max_batch and teacher.concurrency: at least 1 (or left out for the default)".into());

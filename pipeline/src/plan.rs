@@ -61,6 +61,8 @@ pub struct TeacherPlan {
     /// The teach stage's config; for a local teacher the URL is filled in
     /// when its server starts, and a gguf file's digest by [`Plan::teach_config`].
     pub teach: TeachConfig,
+    /// Batch mode's settings; `None`: live requests.
+    pub batch: Option<stepwise_teacher::batch::BatchConfig>,
 }
 
 /// How a from-scratch student is shaped.
@@ -271,7 +273,11 @@ impl Plan {
         Ok(Plan {
             seed,
             data,
-            teacher: TeacherPlan { endpoint, teach },
+            teacher: TeacherPlan {
+                endpoint,
+                teach,
+                batch: (cfg.teacher.mode == crate::config::TeachMode::Batch).then(|| cfg.teacher.batch.config()),
+            },
             students,
             eval: cfg.eval.clone(),
             dir,

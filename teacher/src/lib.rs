@@ -6,6 +6,7 @@
 //! a row ([`stage::teach`] writes rationale shards). [`server`] is a local
 //! OpenAI-compatible teacher for the embedded default and the tests.
 
+pub mod batch;
 pub mod cache;
 pub mod client;
 pub mod error;

@@ -138,6 +138,8 @@ pub struct TeachPaths {
     pub failures: PathBuf,
     /// Where a shard set of an earlier identity is moved (`shards-<identity>`).
     pub retired: PathBuf,
+    /// Batch mode's state: each chunk's input, state and results ([`crate::batch`]).
+    pub batches: PathBuf,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -155,6 +157,9 @@ pub struct TeachSummary {
     pub cost_usd: f64,
     pub stopped_by_budget: bool,
     pub not_attempted: usize,
+    /// What the batches did, in batch mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<crate::batch::BatchSummary>,
 }
 
 /// What sending everything would cost at most, without sending anything.
@@ -166,7 +171,7 @@ pub struct Estimate {
     pub max_cost_usd: f64,
 }
 
-fn request(cfg: &TeachConfig, prompts: &Prompts, ex: &Example, hint: Option<&str>) -> (String, ChatRequest) {
+pub(crate) fn request(cfg: &TeachConfig, prompts: &Prompts, ex: &Example, hint: Option<&str>) -> (String, ChatRequest) {
     let (template, messages) = prompts.render(ex, hint);
     let req = ChatRequest {
         model: cfg.client.model.clone(),
@@ -302,6 +307,9 @@ struct Shared {
     cfg: TeachConfig,
     spent_micro_usd: AtomicU64,
     over_budget: AtomicBool,
+    /// Batch mode: nothing is sent; a request missing from the cache
+    /// failed in its batches, for the reason given by its hash here.
+    offline: Option<std::collections::HashMap<String, String>>,
 }
 
 impl Shared {
@@ -320,6 +328,15 @@ impl Shared {
         // handing each to the blocking pool cost more in thread wake-ups.
         if let Some(c) = self.cache.get(&hash) {
             return Ok((c, false));
+        }
+        if let Some(reasons) = &self.offline {
+            return Err(TeacherError::Request {
+                attempts: 0,
+                reason: reasons
+                    .get(&req.hash())
+                    .cloned()
+                    .unwrap_or_else(|| "not answered by any batch".into()),
+            });
         }
         let est = req.approx_prompt_tokens() as u64 + req.max_tokens as u64 * req.n as u64;
         let done = self.client.complete(req, est.min(u32::MAX as u64) as u32).await?;
@@ -404,6 +421,40 @@ const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 /// run loses at most the requests in flight, and their responses are usually
 /// in the cache already.
 pub async fn teach(examples: &[Example], cfg: TeachConfig, paths: &TeachPaths) -> Result<TeachSummary, TeacherError> {
+    run(examples, cfg, paths, None).await
+}
+
+/// [`teach`] through the provider's Batch API ([`crate::batch`]): the
+/// requests go in batches at the batch price, their answers into the
+/// cache, and the rows from there, each exactly once.
+pub async fn teach_batch(
+    examples: &[Example],
+    cfg: TeachConfig,
+    batch: &crate::batch::BatchConfig,
+    paths: &TeachPaths,
+) -> Result<TeachSummary, TeacherError> {
+    let identity = cfg.identity();
+    retire_other_identity(paths, &identity)?;
+    let done = {
+        let (shards, _) = ShardSet::open(&paths.shards, &identity, cfg.rows_per_shard)?;
+        shards.example_ids()
+    };
+    let todo: Vec<Example> = examples.iter().filter(|e| !done.contains(&e.id)).cloned().collect();
+    let (bs, reasons) = crate::batch::fill(&todo, &cfg, batch, paths).await?;
+    let mut summary = run(examples, cfg, paths, Some(reasons)).await?;
+    summary.requests_sent = bs.submitted;
+    summary.cost_usd = bs.cost_usd;
+    summary.stopped_by_budget = bs.stopped_by_budget;
+    summary.batch = Some(bs);
+    Ok(summary)
+}
+
+async fn run(
+    examples: &[Example],
+    cfg: TeachConfig,
+    paths: &TeachPaths,
+    offline: Option<std::collections::HashMap<String, String>>,
+) -> Result<TeachSummary, TeacherError> {
     let identity = cfg.identity();
     retire_other_identity(paths, &identity)?;
     let (mut shards, rec) = ShardSet::open(&paths.shards, &identity, cfg.rows_per_shard)?;
@@ -422,6 +473,7 @@ pub async fn teach(examples: &[Example], cfg: TeachConfig, paths: &TeachPaths) -
         cache: ResponseCache::open(&paths.cache)?,
         spent_micro_usd: AtomicU64::new(0),
         over_budget: AtomicBool::new(false),
+        offline,
         cfg,
     });
     let bar = indicatif::ProgressBar::new(todo.len() as u64);
@@ -581,5 +633,6 @@ pub fn paths_in(run_dir: &Path) -> TeachPaths {
         cache: run_dir.join("cache"),
         failures: run_dir.join("failures.jsonl"),
         retired: run_dir.join("retired"),
+        batches: run_dir.join("batches"),
     }
 }

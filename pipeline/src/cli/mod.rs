@@ -83,6 +83,10 @@ pub struct TeachArgs {
     /// Print what would be sent and its cost at most, and send nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Batch mode: cancel the run's batches that may still run (keeping
+    /// what they answered) and wait until each has stopped.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub cancel: bool,
 }
 
 #[derive(Args)]

@@ -163,6 +163,15 @@ pub struct ServeArgs {
     /// (`think`), or inline with no opening tag (`think-open`).
     #[arg(long)]
     pub reasoning: Option<stepwise_teacher::server::ReasoningForm>,
+    /// Batches wait this long `in_progress` before their first answer.
+    #[arg(long, default_value_t = 0)]
+    pub batch_delay_ms: u64,
+    /// The share of a batch's requests that fail (in its error file).
+    #[arg(long, default_value_t = 0.0)]
+    pub batch_fail_fraction: f64,
+    /// A batch expires after answering this many requests.
+    #[arg(long)]
+    pub batch_expire_after: Option<u64>,
 }
 
 impl ServeArgs {
@@ -198,6 +207,12 @@ impl ServeArgs {
             },
             seed: self.seed,
             reasoning: self.reasoning,
+            batch: stepwise_teacher::server::BatchFaults {
+                delay: Duration::from_millis(self.batch_delay_ms),
+                fail_fraction: self.batch_fail_fraction,
+                expire_after: self.batch_expire_after,
+                ..Default::default()
+            },
             model,
             ..Default::default()
         })

@@ -282,14 +282,30 @@ pub fn run(plan: &Plan, tc: TeachConfig) -> Result<()> {
             tc.client.base_url = s.base_url();
         }
         let started = Instant::now();
-        let summary = teach(&examples, tc, &paths).await;
+        let summary = match &plan.teacher.batch {
+            None => teach(&examples, tc, &paths).await,
+            Some(b) => stepwise_teacher::stage::teach_batch(&examples, tc, b, &paths).await,
+        };
         let wall = started.elapsed();
         if let Some(s) = local {
             s.shutdown().await;
         }
         let summary = summary?;
         tracing::info!(?summary, wall_s = wall.as_secs_f64(), "teach: done");
-        if summary.requests_sent > 0 {
+        if let Some(b) = &summary.batch {
+            println!(
+                "teach (batch): {} rows in {}; {} batch(es) created, {} resumed; {} requests submitted, {} answered, {} failed or expired lines, {} given up; ${:.4} at the batch price",
+                summary.rows_written,
+                minutes(wall.as_secs_f64()),
+                b.created,
+                b.resumed,
+                b.submitted,
+                b.succeeded,
+                b.failed_lines,
+                b.gave_up,
+                b.cost_usd
+            );
+        } else if summary.requests_sent > 0 {
             println!(
                 "teach: {} rows in {} ({} requests sent, {} from the cache, {} failed; {:.1} completion tokens/s)",
                 summary.rows_written,
@@ -311,6 +327,35 @@ pub fn run(plan: &Plan, tc: TeachConfig) -> Result<()> {
         anyhow::Ok(())
     })?;
     mark_done(&plan.dir, Stage::Teach, &identity)
+}
+
+/// `stepwise teach --cancel`: cancels the run's batches that may still run.
+pub fn cancel(plan: &Plan) -> Result<()> {
+    let Some(batch) = &plan.teacher.batch else {
+        bail!("teach --cancel: teacher.mode is not \"batch\"; live requests stop when the run stops");
+    };
+    if matches!(plan.teacher.endpoint, Endpoint::Local { .. }) {
+        bail!("teach --cancel: the local teacher's batches end with the run that served them; nothing to cancel");
+    }
+    let paths = plan.dir.teach();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let chunks = rt.block_on(stepwise_teacher::batch::cancel(
+        &plan.teacher.teach.client,
+        batch,
+        &paths,
+    ))?;
+    if chunks.is_empty() {
+        println!("teach --cancel: no batch of this run is running");
+    }
+    for c in chunks {
+        println!(
+            "teach --cancel: {} ({} requests): {}",
+            c.batch_id.as_deref().unwrap_or("never submitted"),
+            c.requests,
+            c.status.as_deref().unwrap_or("?")
+        );
+    }
+    Ok(())
 }
 
 /// All teacher rows, every split.

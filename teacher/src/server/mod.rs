@@ -10,12 +10,14 @@
 
 pub mod api;
 pub mod arith;
+pub mod batch;
 pub mod faults;
 pub mod gold;
 mod inflight;
 
 pub use api::{ApiError, ChatCall, Streaming};
 pub use arith::ArithTeacher;
+pub use batch::BatchFaults;
 pub use faults::{Fault, Faults};
 pub use gold::GoldTeacher;
 
@@ -156,6 +158,8 @@ pub struct ServerConfig {
     /// Answer as a reasoning model of this kind would (a test bed for
     /// clients of reasoning models); `None`: plain answers.
     pub reasoning: Option<ReasoningForm>,
+    /// How `/v1/batches` behave.
+    pub batch: BatchFaults,
 }
 
 /// How a reasoning model's chain of thought comes back. The server makes
@@ -230,6 +234,7 @@ impl Default for ServerConfig {
             faults: Faults::default(),
             seed: 0,
             reasoning: None,
+            batch: BatchFaults::default(),
         }
     }
 }
@@ -248,6 +253,10 @@ pub struct Stats {
     pub decode_steps: AtomicU64,
     /// Jobs stopped or never started because nobody waited for them.
     pub dropped: AtomicU64,
+    /// Batches created through `/v1/batches`.
+    pub batches_created: AtomicU64,
+    /// Batches created and not yet ended (completed, failed, expired or cancelled).
+    pub batches_running: AtomicU64,
 }
 
 /// When the model's thread last showed progress, in ms since the server started.
@@ -275,7 +284,7 @@ struct Queued {
     fanout: Arc<Fanout>,
 }
 
-struct AppState {
+pub(crate) struct AppState {
     model: Arc<dyn ChatModel>,
     /// What requests may ask for; the first is what responses carry.
     names: Vec<String>,
@@ -290,6 +299,7 @@ struct AppState {
     /// When the server started: `created` of the model objects.
     started: i64,
     reasoning: Option<ReasoningForm>,
+    batches: batch::Store,
 }
 
 impl AppState {
@@ -363,6 +373,7 @@ pub async fn start(addr: &str, cfg: ServerConfig) -> Result<LocalServer, Teacher
         stats: stats.clone(),
         started: chrono::Utc::now().timestamp(),
         reasoning: cfg.reasoning,
+        batches: batch::Store::new(cfg.batch, cfg.seed),
     });
     let injector = Arc::new(faults::Injector::new(cfg.faults, cfg.latency, cfg.seed));
     // Layers run last-added first: admit, then faults, then the handler.
@@ -373,6 +384,17 @@ pub async fn start(addr: &str, cfg: ServerConfig) -> Result<LocalServer, Teacher
         .route("/v1/chat/completions", chat_route)
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
+        .route(
+            "/v1/files",
+            post(batch::upload)
+                .get(batch::list_files)
+                .layer(axum::extract::DefaultBodyLimit::max(512 << 20)),
+        )
+        .route("/v1/files/{id}", get(batch::get_file).delete(batch::delete_file))
+        .route("/v1/files/{id}/content", get(batch::file_content))
+        .route("/v1/batches", post(batch::create).get(batch::list_batches))
+        .route("/v1/batches/{id}", get(batch::get_batch))
+        .route("/v1/batches/{id}/cancel", post(batch::cancel))
         .layer(from_fn_with_state(state.clone(), authorize));
     let app = v1
         .route("/stats", get(stats_handler))
@@ -503,6 +525,8 @@ async fn stats_handler(State(s): State<Arc<AppState>>) -> Json<serde_json::Value
         "joined": s.stats.joined.load(Ordering::SeqCst),
         "decode_steps": s.stats.decode_steps.load(Ordering::SeqCst),
         "dropped": s.stats.dropped.load(Ordering::SeqCst),
+        "batches_created": s.stats.batches_created.load(Ordering::SeqCst),
+        "batches_running": s.stats.batches_running.load(Ordering::SeqCst),
     }))
 }
 
@@ -556,35 +580,10 @@ async fn chat(
     Extension(RequestNo(n)): Extension<RequestNo>,
     Admitted(call): Admitted,
 ) -> Response {
-    let jobs = jobs_for(&call);
-    if let Err(e) = s.model.check(&jobs[0]) {
-        return e.into_response();
-    }
-    let (fanout, rx, new) = s.inflight.join(call_key(&call), call.n.max(1));
-    if !new {
-        s.stats.joined.fetch_add(1, Ordering::SeqCst);
-    } else {
-        match &s.jobs {
-            Some(queue) => {
-                for (choice, job) in jobs.into_iter().enumerate() {
-                    let q = Queued {
-                        job,
-                        choice: choice as u32,
-                        fanout: fanout.clone(),
-                    };
-                    if queue.send(q).is_err() {
-                        s.inflight.finish(&fanout);
-                        return ApiError::server("the model thread has stopped").into_response();
-                    }
-                }
-            }
-            None => {
-                inline(s.model.as_ref(), &jobs, &fanout, call.stream.is_some());
-                s.inflight.finish(&fanout);
-            }
-        }
-    }
-    drop(fanout);
+    let rx = match submit(&s, &call) {
+        Ok(rx) => rx,
+        Err(e) => return e.into_response(),
+    };
     s.stats.completions.fetch_add(1, Ordering::SeqCst);
     let head = Head {
         id: format!("chatcmpl-{n}"),
@@ -601,19 +600,76 @@ async fn chat(
             });
             stream(head, opts, rx, beat, s.reasoning)
         }
-        None => match collect(head.n, rx, s.reasoning).await {
-            Ok((choices, usage)) => Json(ChatResponse {
-                id: head.id,
-                object: "chat.completion".into(),
-                created: head.created,
-                model: head.model,
-                choices,
-                usage: Some(usage),
-            })
-            .into_response(),
+        None => match whole(head, rx, s.reasoning).await {
+            Ok(r) => Json(r).into_response(),
             Err(e) => e.into_response(),
         },
     }
+}
+
+/// Hands `call`'s jobs to the model (or joins an identical call in
+/// flight); the events of its answer come on the receiver.
+fn submit(s: &AppState, call: &ChatCall) -> Result<UnboundedReceiver<Event>, ApiError> {
+    let jobs = jobs_for(call);
+    s.model.check(&jobs[0])?;
+    let (fanout, rx, new) = s.inflight.join(call_key(call), call.n.max(1));
+    if !new {
+        s.stats.joined.fetch_add(1, Ordering::SeqCst);
+    } else {
+        match &s.jobs {
+            Some(queue) => {
+                for (choice, job) in jobs.into_iter().enumerate() {
+                    let q = Queued {
+                        job,
+                        choice: choice as u32,
+                        fanout: fanout.clone(),
+                    };
+                    if queue.send(q).is_err() {
+                        s.inflight.finish(&fanout);
+                        return Err(ApiError::server("the model thread has stopped"));
+                    }
+                }
+            }
+            None => {
+                inline(s.model.as_ref(), &jobs, &fanout, call.stream.is_some());
+                s.inflight.finish(&fanout);
+            }
+        }
+    }
+    Ok(rx)
+}
+
+/// A whole (not streamed) answer.
+async fn whole(
+    head: Head,
+    rx: UnboundedReceiver<Event>,
+    form: Option<ReasoningForm>,
+) -> Result<ChatResponse, ApiError> {
+    let (choices, usage) = collect(head.n, rx, form).await?;
+    Ok(ChatResponse {
+        id: head.id,
+        object: "chat.completion".into(),
+        created: head.created,
+        model: head.model,
+        choices,
+        usage: Some(usage),
+    })
+}
+
+/// What the batch worker asks of the model: one call's whole answer.
+pub(crate) async fn answer(s: &AppState, call: &ChatCall, id: String) -> Result<ChatResponse, ApiError> {
+    if !s.names.contains(&call.model) {
+        return Err(ApiError::model_not_found(&call.model));
+    }
+    let rx = submit(s, call)?;
+    s.stats.completions.fetch_add(1, Ordering::SeqCst);
+    let head = Head {
+        id,
+        created: chrono::Utc::now().timestamp(),
+        model: s.name().to_string(),
+        n: call.n,
+    };
+    whole(head, rx, s.reasoning).await
 }
 
 /// One job per sample.
