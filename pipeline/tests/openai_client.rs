@@ -2,7 +2,8 @@
 //! users call it: `tests/python/openai_conformance.py` sends each request
 //! shape (only `model` and `messages`, content parts, `max_completion_tokens`,
 //! streaming, an unknown model, bad requests, the models routes) to the
-//! solver, the mimic (behind an API key) and the gguf backend.
+//! solver, the mimic (behind an API key) and the gguf backend; and
+//! `tests/python/openai_batches.py` drives the Files and Batch APIs.
 
 use std::ffi::OsStr;
 use std::process::{Child, Command};
@@ -133,4 +134,23 @@ fn the_gguf_backend_accepts_every_request_shape_and_streams_as_it_decodes() {
         None,
         &["--question", "What is 3 + 4? Answer briefly.", "--max-tokens", "24"],
     );
+}
+
+#[test]
+fn the_openai_python_client_uploads_creates_polls_downloads_and_cancels_batches() {
+    let Some(py) = python_with_openai() else { return };
+    let (srv, url) = serve(&["--batch-delay-ms", "300"]);
+    let _server = Server(srv);
+    let out = Command::new(&py)
+        .arg(root().join("tests/python/openai_batches.py"))
+        .arg(&url)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("checks passed: batches"), "{text}");
 }

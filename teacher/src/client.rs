@@ -76,6 +76,57 @@ struct Attempt {
     reason: String,
     retry: bool,
     retry_after: Option<Duration>,
+    /// The server could not be reached at all (refused, reset, unknown host).
+    connect: bool,
+}
+
+/// Stops a run from storming a server that is gone: once the last
+/// `threshold` attempts in a row all failed to connect, over at least
+/// `min_span`, every request fails at once with the last reason, instead
+/// of each of thousands retrying on its own.
+struct Breaker {
+    state: std::sync::Mutex<BreakerState>,
+    /// Wakes the requests waiting out a backoff when it trips.
+    wake: tokio::sync::Notify,
+    threshold: u32,
+    min_span: Duration,
+}
+
+#[derive(Default)]
+struct BreakerState {
+    failures: u32,
+    since: Option<Instant>,
+    last: String,
+    tripped: bool,
+}
+
+impl Breaker {
+    fn record(&self, connect_failure: Option<&str>) {
+        let mut s = self.state.lock().unwrap();
+        match connect_failure {
+            None => {
+                if !s.tripped {
+                    *s = BreakerState::default();
+                }
+            }
+            Some(why) => {
+                s.failures += 1;
+                let since = *s.since.get_or_insert_with(Instant::now);
+                s.last = why.to_string();
+                if s.failures >= self.threshold && since.elapsed() >= self.min_span && !s.tripped {
+                    s.tripped = true;
+                    self.wake.notify_waiters();
+                    tracing::error!(failures = s.failures, reason = %s.last, "every recent request failed to connect; stopping");
+                }
+            }
+        }
+    }
+
+    fn tripped(&self) -> Option<String> {
+        let s = self.state.lock().unwrap();
+        s.tripped
+            .then(|| format!("the last {} attempts all failed to connect ({})", s.failures, s.last))
+    }
 }
 
 pub struct TeacherClient {
@@ -86,6 +137,7 @@ pub struct TeacherClient {
     slots: Semaphore,
     rpm: Option<DefaultDirectRateLimiter>,
     tpm: Option<(DefaultDirectRateLimiter, u32)>,
+    breaker: Breaker,
 }
 
 impl std::fmt::Debug for TeacherClient {
@@ -143,6 +195,13 @@ impl TeacherClient {
             key,
             rpm,
             tpm,
+            breaker: Breaker {
+                state: Default::default(),
+                wake: tokio::sync::Notify::new(),
+                // Every slot failing a few times over: not one unlucky request.
+                threshold: (cfg.concurrency as u32).saturating_mul(3).clamp(8, 256),
+                min_span: Duration::from_secs(3),
+            },
             cfg,
         })
     }
@@ -162,9 +221,10 @@ impl TeacherClient {
     }
 
     /// A check that takes seconds, before any work: the server answers
-    /// `GET {base_url}/models` at all (any HTTP status but 401/403 counts:
-    /// some servers have no such route). A refused connection, an unknown
-    /// host or a time-out is reported with the URL, instead of a minute of
+    /// `GET {base_url}/models` (any status but 401/403 counts: some servers
+    /// have no such route), and when it lists its models, the configured
+    /// one is among them. A refused connection, an unknown host, a time-out
+    /// or an unknown model is reported with the URL, instead of a minute of
     /// retries per request.
     pub async fn preflight(&self, timeout: Duration) -> Result<(), TeacherError> {
         let url = format!("{}/models", self.cfg.base_url.trim_end_matches('/'));
@@ -182,6 +242,28 @@ impl TeacherClient {
                     .map(|v| format!(" read from {v}"))
                     .unwrap_or_else(|| "; no api_key_env is set".into())
             ))),
+            Ok(r) if r.status().is_success() => {
+                #[derive(Deserialize)]
+                struct Listed {
+                    id: String,
+                }
+                #[derive(Deserialize)]
+                struct Models {
+                    data: Vec<Listed>,
+                }
+                // A list that does not parse, or an empty one, says nothing about the model.
+                let Ok(m) = r.json::<Models>().await else { return Ok(()) };
+                if m.data.is_empty() || m.data.iter().any(|x| x.id == self.cfg.model) {
+                    return Ok(());
+                }
+                let names: Vec<&str> = m.data.iter().take(10).map(|x| x.id.as_str()).collect();
+                Err(TeacherError::Config(format!(
+                    "teacher.model = {:?}: {url} does not list it (it lists {}{})",
+                    self.cfg.model,
+                    names.join(", "),
+                    if m.data.len() > 10 { ", ..." } else { "" }
+                )))
+            }
             Ok(_) => Ok(()),
             Err(e) => {
                 let what = if e.is_timeout() {
@@ -204,12 +286,21 @@ impl TeacherClient {
         }
     }
 
+    /// Why the client stopped sending, once every recent attempt failed
+    /// to connect ([`Breaker`]).
+    pub fn tripped(&self) -> Option<String> {
+        self.breaker.tripped()
+    }
+
     /// Sends `req`, retrying what can be retried. `est_tokens` is charged
     /// against the tokens-per-minute limit before sending.
     pub async fn complete(&self, req: &ChatRequest, est_tokens: u32) -> Result<Completion, TeacherError> {
         let _slot = self.slots.acquire().await.expect("semaphore never closed");
         let mut attempt = 0;
         loop {
+            if let Some(why) = self.breaker.tripped() {
+                return Err(TeacherError::Unreachable(why));
+            }
             if let Some(l) = &self.rpm {
                 l.until_ready().await;
             }
@@ -219,6 +310,12 @@ impl TeacherClient {
             }
             let start = Instant::now();
             let outcome = self.send_once(req).await;
+            self.breaker.record(
+                outcome
+                    .as_ref()
+                    .err()
+                    .and_then(|a| a.connect.then_some(a.reason.as_str())),
+            );
             attempt += 1;
             match outcome {
                 Ok(response) => {
@@ -238,7 +335,13 @@ impl TeacherClient {
                 Err(a) => {
                     let wait = self.backoff(attempt - 1).max(a.retry_after.unwrap_or_default());
                     tracing::debug!(attempt, reason = %a.reason, wait_ms = wait.as_millis() as u64, "retrying");
-                    tokio::time::sleep(wait).await;
+                    let woken = self.breaker.wake.notified();
+                    if self.breaker.tripped().is_none() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = woken => {}
+                        }
+                    }
                 }
             }
         }
@@ -249,6 +352,7 @@ impl TeacherClient {
             reason,
             retry: true,
             retry_after: None,
+            connect: false,
         };
         let wire = wire(req, self.cfg.stream);
         let mut rb = self.http.post(&self.url).json(&wire);
@@ -263,7 +367,10 @@ impl TeacherClient {
             } else {
                 "request error"
             };
-            retryable(format!("{kind}: {}", without_url(&e)))
+            Attempt {
+                connect: e.is_connect(),
+                ..retryable(format!("{kind}: {}", without_url(&e)))
+            }
         })?;
         let status = resp.status();
         let retry_after = resp
@@ -296,6 +403,7 @@ impl TeacherClient {
                 reason: format!("HTTP {status}: {snippet}"),
                 retry,
                 retry_after,
+                connect: false,
             });
         }
         let parsed: ChatResponse = serde_json::from_slice(&body)
@@ -400,6 +508,7 @@ impl Assembly {
             reason,
             retry: true,
             retry_after: None,
+            connect: false,
         };
         if data == "[DONE]" {
             self.done = true;
@@ -456,6 +565,7 @@ impl Assembly {
                 reason: "the stream ended before the answer was complete".into(),
                 retry: true,
                 retry_after: None,
+                connect: false,
             });
         }
         let choices = self
@@ -504,6 +614,7 @@ async fn read_stream(mut resp: reqwest::Response) -> Result<ChatResponse, Attemp
             ),
             retry: true,
             retry_after: None,
+            connect: false,
         })?;
         let Some(chunk) = chunk else { break };
         buf.extend_from_slice(&chunk);

@@ -299,6 +299,8 @@ enum Outcome {
         sent: u64,
     },
     OverBudget,
+    /// Not asked: the teacher had stopped answering at all.
+    Stopped,
 }
 
 struct Shared {
@@ -352,6 +354,9 @@ impl Shared {
         if self.over_budget.load(Ordering::SeqCst) {
             return Outcome::OverBudget;
         }
+        if self.client.tripped().is_some() {
+            return Outcome::Stopped;
+        }
         let (template, req) = request(&self.cfg, &self.cfg.prompts, &ex, None);
         let (mut sent, mut hits, mut prompt, mut completion) = (0, 0, 0, 0);
         let mut note = |c: &CachedResponse, was_sent: bool| {
@@ -370,6 +375,7 @@ impl Shared {
                 note(&c, was_sent);
                 c
             }
+            Err(TeacherError::Unreachable(_)) => return Outcome::Stopped,
             Err(e) => {
                 let attempts = match &e {
                     TeacherError::Request { attempts, .. } => *attempts,
@@ -564,7 +570,7 @@ async fn run(
                     f.write_all(&line)
                         .map_err(|e| TeacherError::Io(paths.failures.clone(), e))?;
                 }
-                Outcome::OverBudget => summary.not_attempted += 1,
+                Outcome::OverBudget | Outcome::Stopped => summary.not_attempted += 1,
             }
             bar.inc(1);
         }
@@ -593,6 +599,18 @@ async fn run(
         .map_err(|e| TeacherError::Server(format!("request driver: {e}")))?;
     bar.finish_and_clear();
     shards.finish()?;
+    if let Some(why) = shared.client.tripped() {
+        // What was answered is kept; the rest waits for a teacher that answers.
+        tracing::error!(
+            rows = summary.rows_written,
+            not_attempted = summary.not_attempted,
+            "teach stopped"
+        );
+        return Err(TeacherError::Unreachable(format!(
+            "{} at {}; {} rows written and kept, {} examples not asked; run again when it answers",
+            why, shared.cfg.client.base_url, summary.rows_written, summary.not_attempted
+        )));
+    }
     summary.cost_usd = shared.spent_micro_usd.load(Ordering::SeqCst) as f64 / 1e6;
     summary.stopped_by_budget = shared.over_budget.load(Ordering::SeqCst);
     tracing::info!(?summary, "teach stage done");
