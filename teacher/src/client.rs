@@ -78,6 +78,8 @@ struct Attempt {
     retry_after: Option<Duration>,
     /// The server could not be reached at all (refused, reset, unknown host).
     connect: bool,
+    /// A 429 or 503: the server asks for less.
+    throttled: bool,
 }
 
 /// Stops a run from storming a server that is gone: once the last
@@ -138,6 +140,8 @@ pub struct TeacherClient {
     rpm: Option<DefaultDirectRateLimiter>,
     tpm: Option<(DefaultDirectRateLimiter, u32)>,
     breaker: Breaker,
+    pacer: crate::ratelimit::Pacer,
+    aimd: crate::ratelimit::Aimd,
 }
 
 impl std::fmt::Debug for TeacherClient {
@@ -195,6 +199,8 @@ impl TeacherClient {
             key,
             rpm,
             tpm,
+            pacer: crate::ratelimit::Pacer::default(),
+            aimd: crate::ratelimit::Aimd::new(cfg.concurrency.max(1)),
             breaker: Breaker {
                 state: Default::default(),
                 wake: tokio::sync::Notify::new(),
@@ -308,8 +314,17 @@ impl TeacherClient {
                 let n = NonZeroU32::new(est_tokens.clamp(1, *burst)).expect("clamped to >= 1");
                 let _ = l.until_n_ready(n).await;
             }
+            // The server's own headers, then how many it takes at once.
+            let ticket = self.pacer.admit(est_tokens).await;
+            let slot = self.aimd.slot().await;
             let start = Instant::now();
-            let outcome = self.send_once(req).await;
+            let outcome = self.send_once(req, ticket).await;
+            drop(slot);
+            match &outcome {
+                Ok(_) => self.aimd.grow(),
+                Err(a) if a.throttled => self.aimd.shrink(),
+                Err(_) => {}
+            }
             self.breaker.record(
                 outcome
                     .as_ref()
@@ -347,12 +362,22 @@ impl TeacherClient {
         }
     }
 
-    async fn send_once(&self, req: &ChatRequest) -> Result<ChatResponse, Attempt> {
+    async fn send_once(&self, req: &ChatRequest, ticket: crate::ratelimit::Ticket) -> Result<ChatResponse, Attempt> {
+        let r = self.send_unpaced(req, ticket).await;
+        if let Ok(resp) = &r {
+            let used = resp.usage.map(|u| u.prompt_tokens + u.completion_tokens);
+            self.pacer.observe(ticket, &reqwest::header::HeaderMap::new(), used);
+        }
+        r
+    }
+
+    async fn send_unpaced(&self, req: &ChatRequest, ticket: crate::ratelimit::Ticket) -> Result<ChatResponse, Attempt> {
         let retryable = |reason: String| Attempt {
             reason,
             retry: true,
             retry_after: None,
             connect: false,
+            throttled: false,
         };
         let wire = wire(req, self.cfg.stream);
         let mut rb = self.http.post(&self.url).json(&wire);
@@ -373,12 +398,18 @@ impl TeacherClient {
             }
         })?;
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
+        self.pacer.observe(ticket, resp.headers(), None);
+        let header_f64 = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s >= 0.0)
+        };
+        // OpenAI's `retry-after-ms` is finer than `Retry-After`'s seconds.
+        let retry_after = header_f64("retry-after-ms")
+            .map(|ms| ms / 1000.0)
+            .or_else(|| header_f64("retry-after"))
             .map(|s| Duration::from_secs_f64(s.min(600.0)));
         let is_sse = resp
             .headers()
@@ -404,6 +435,7 @@ impl TeacherClient {
                 retry,
                 retry_after,
                 connect: false,
+                throttled: matches!(status.as_u16(), 429 | 503),
             });
         }
         let parsed: ChatResponse = serde_json::from_slice(&body)
@@ -509,6 +541,7 @@ impl Assembly {
             retry: true,
             retry_after: None,
             connect: false,
+            throttled: false,
         };
         if data == "[DONE]" {
             self.done = true;
@@ -566,6 +599,7 @@ impl Assembly {
                 retry: true,
                 retry_after: None,
                 connect: false,
+                throttled: false,
             });
         }
         let choices = self
@@ -615,6 +649,7 @@ async fn read_stream(mut resp: reqwest::Response) -> Result<ChatResponse, Attemp
             retry: true,
             retry_after: None,
             connect: false,
+            throttled: false,
         })?;
         let Some(chunk) = chunk else { break };
         buf.extend_from_slice(&chunk);

@@ -12,6 +12,7 @@ pub mod client;
 pub mod error;
 pub mod prompt;
 pub mod protocol;
+pub mod ratelimit;
 pub mod reasoning;
 pub mod server;
 pub mod stage;

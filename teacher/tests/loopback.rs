@@ -492,3 +492,52 @@ async fn a_reasoning_models_thought_lands_in_the_reasoning_columns_in_each_of_it
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_rate_headers_keep_a_run_within_its_budget_without_a_single_429() {
+    use std::sync::atomic::Ordering;
+    // 3,000 requests a minute (50 a second) and 600,000 tokens a minute
+    // (10,000 a second), buckets of 2 s (room for the first 16 requests
+    // sent before any header is seen): the token budget binds after that.
+    let srv = server::start(
+        "127.0.0.1:0",
+        ServerConfig {
+            rate: Some(server::RateBudget {
+                requests_per_minute: 3000,
+                tokens_per_minute: 600_000,
+                burst: Duration::from_secs(2),
+            }),
+            latency: Duration::from_millis(5),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let n = 150;
+    let ex = examples(n);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = teach_cfg(ClientConfig {
+        // As many in flight as the first bucket holds: after that only the headers pace it.
+        concurrency: 16,
+        ..client_cfg(srv.base_url())
+    });
+    cfg.max_tokens = 256;
+    let start = Instant::now();
+    let s = teach(&ex, cfg, &paths_in(dir.path())).await.unwrap();
+    let took = start.elapsed();
+    let refused = srv.stats.rate_limited.load(Ordering::SeqCst);
+    eprintln!("{n} requests in {took:?}, {refused} refused with 429");
+    assert_eq!(s.rows_written, n as u64);
+    assert_eq!(refused, 0, "no 429 when the headers are honoured");
+    assert_eq!(
+        srv.stats.requests.load(Ordering::SeqCst),
+        n as u64,
+        "no request sent twice"
+    );
+    // ~450 tokens a request settled, 150 of them, 20,000 at first and 10,000 a second after.
+    assert!(
+        took >= Duration::from_millis(2400),
+        "the budget was not binding: {took:?}"
+    );
+    srv.shutdown().await;
+}

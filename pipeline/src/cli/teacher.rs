@@ -172,6 +172,16 @@ pub struct ServeArgs {
     /// A batch expires after answering this many requests.
     #[arg(long)]
     pub batch_expire_after: Option<u64>,
+    /// Enforce a rate budget of this many requests a minute, sending
+    /// OpenAI's `x-ratelimit-*` headers (with --rate-tpm).
+    #[arg(long, requires = "rate_tpm")]
+    pub rate_rpm: Option<u32>,
+    /// ... and this many tokens a minute (prompt + max_tokens reserved, settled to the usage).
+    #[arg(long, requires = "rate_rpm")]
+    pub rate_tpm: Option<u32>,
+    /// How many seconds of the budget may go at once.
+    #[arg(long, default_value_t = 60.0)]
+    pub rate_burst_s: f64,
 }
 
 impl ServeArgs {
@@ -207,6 +217,14 @@ impl ServeArgs {
             },
             seed: self.seed,
             reasoning: self.reasoning,
+            rate: match (self.rate_rpm, self.rate_tpm) {
+                (Some(r), Some(t)) => Some(stepwise_teacher::server::RateBudget {
+                    requests_per_minute: r,
+                    tokens_per_minute: t,
+                    burst: Duration::from_secs_f64(self.rate_burst_s.max(0.001)),
+                }),
+                _ => None,
+            },
             batch: stepwise_teacher::server::BatchFaults {
                 delay: Duration::from_millis(self.batch_delay_ms),
                 fail_fraction: self.batch_fail_fraction,

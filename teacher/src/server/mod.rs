@@ -14,12 +14,14 @@ pub mod batch;
 pub mod faults;
 pub mod gold;
 mod inflight;
+pub mod rate;
 
 pub use api::{ApiError, ChatCall, Streaming};
 pub use arith::ArithTeacher;
 pub use batch::BatchFaults;
 pub use faults::{Fault, Faults};
 pub use gold::GoldTeacher;
+pub use rate::RateBudget;
 
 use crate::error::TeacherError;
 use crate::protocol::{ChatResponse, Choice, Message, Usage};
@@ -160,6 +162,8 @@ pub struct ServerConfig {
     pub reasoning: Option<ReasoningForm>,
     /// How `/v1/batches` behave.
     pub batch: BatchFaults,
+    /// Enforce a provider's rate limits and send its `x-ratelimit-*` headers.
+    pub rate: Option<RateBudget>,
 }
 
 /// How a reasoning model's chain of thought comes back. The server makes
@@ -235,6 +239,7 @@ impl Default for ServerConfig {
             seed: 0,
             reasoning: None,
             batch: BatchFaults::default(),
+            rate: None,
         }
     }
 }
@@ -257,6 +262,8 @@ pub struct Stats {
     pub batches_created: AtomicU64,
     /// Batches created and not yet ended (completed, failed, expired or cancelled).
     pub batches_running: AtomicU64,
+    /// Requests refused with a 429 for being over the rate budget.
+    pub rate_limited: AtomicU64,
 }
 
 /// When the model's thread last showed progress, in ms since the server started.
@@ -300,6 +307,7 @@ pub(crate) struct AppState {
     started: i64,
     reasoning: Option<ReasoningForm>,
     batches: batch::Store,
+    rate: Option<rate::Limiter>,
 }
 
 impl AppState {
@@ -374,6 +382,7 @@ pub async fn start(addr: &str, cfg: ServerConfig) -> Result<LocalServer, Teacher
         started: chrono::Utc::now().timestamp(),
         reasoning: cfg.reasoning,
         batches: batch::Store::new(cfg.batch, cfg.seed),
+        rate: cfg.rate.map(rate::Limiter::new),
     });
     let injector = Arc::new(faults::Injector::new(cfg.faults, cfg.latency, cfg.seed));
     // Layers run last-added first: admit, then faults, then the handler.
@@ -527,6 +536,7 @@ async fn stats_handler(State(s): State<Arc<AppState>>) -> Json<serde_json::Value
         "dropped": s.stats.dropped.load(Ordering::SeqCst),
         "batches_created": s.stats.batches_created.load(Ordering::SeqCst),
         "batches_running": s.stats.batches_running.load(Ordering::SeqCst),
+        "rate_limited": s.stats.rate_limited.load(Ordering::SeqCst),
     }))
 }
 
@@ -569,17 +579,59 @@ async fn admit(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Resp
     if !s.names.contains(&call.model) {
         return ApiError::model_not_found(&call.model).into_response();
     }
+    let mut limits = axum::http::HeaderMap::new();
+    let reservation = match &s.rate {
+        None => None,
+        Some(l) => {
+            let prompt: u32 = call
+                .messages
+                .iter()
+                .map(|m| crate::protocol::approx_tokens(&m.content))
+                .sum();
+            let most = prompt.saturating_add(call.max_tokens.unwrap_or(1024).saturating_mul(call.n.max(1)));
+            match l.admit(most, &mut limits) {
+                Ok(r) => Some(Arc::new(r)),
+                Err(wait) => {
+                    s.stats.rate_limited.fetch_add(1, Ordering::SeqCst);
+                    let mut resp = ApiError::rate_limited().into_response();
+                    let h = resp.headers_mut();
+                    h.extend(limits);
+                    h.insert(
+                        header::RETRY_AFTER,
+                        HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64),
+                    );
+                    h.insert("retry-after-ms", HeaderValue::from(wait.as_millis().max(1) as u64));
+                    return resp;
+                }
+            }
+        }
+    };
     let mut req = Request::from_parts(parts, Body::from(body));
     req.extensions_mut().insert(RequestNo(n));
     req.extensions_mut().insert(Admitted(call));
-    next.run(req).await
+    if let Some(r) = reservation {
+        req.extensions_mut().insert(r);
+    }
+    let mut resp = next.run(req).await;
+    resp.headers_mut().extend(limits);
+    resp
 }
 
 async fn chat(
     State(s): State<Arc<AppState>>,
     Extension(RequestNo(n)): Extension<RequestNo>,
+    reservation: Option<Extension<Arc<rate::Reservation>>>,
     Admitted(call): Admitted,
 ) -> Response {
+    // The tokens an answer did not use go back to the rate budget.
+    let settle: Settle = reservation.map(|Extension(r)| {
+        let s = s.clone();
+        Box::new(move |used: u32| {
+            if let Some(l) = &s.rate {
+                l.settle(&r, used)
+            }
+        }) as Box<dyn FnOnce(u32) + Send>
+    });
     let rx = match submit(&s, &call) {
         Ok(rx) => rx,
         Err(e) => return e.into_response(),
@@ -598,14 +650,23 @@ async fn chat(
                 alive: s.alive.clone(),
                 stall_after: s.stall_after,
             });
-            stream(head, opts, rx, beat, s.reasoning)
+            stream(head, opts, rx, beat, s.reasoning, settle)
         }
-        None => match whole(head, rx, s.reasoning).await {
-            Ok(r) => Json(r).into_response(),
-            Err(e) => e.into_response(),
-        },
+        None => {
+            let r = whole(head, rx, s.reasoning).await;
+            if let Some(f) = settle {
+                f(r.as_ref().ok().and_then(|r| r.usage).map_or(0, |u| u.total_tokens));
+            }
+            match r {
+                Ok(r) => Json(r).into_response(),
+                Err(e) => e.into_response(),
+            }
+        }
     }
 }
+
+/// Hands the rate budget what an answer used, once it is complete.
+type Settle = Option<Box<dyn FnOnce(u32) + Send>>;
 
 /// Hands `call`'s jobs to the model (or joins an identical call in
 /// flight); the events of its answer come on the receiver.
@@ -806,6 +867,7 @@ fn stream(
     mut rx: UnboundedReceiver<Event>,
     beat: Option<Heartbeat>,
     form: Option<ReasoningForm>,
+    settle: Settle,
 ) -> Response {
     let (out, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
     tokio::spawn(async move {
@@ -901,6 +963,9 @@ fn stream(
             if out.send(Ok(frame)).await.is_err() {
                 return;
             }
+        }
+        if let Some(f) = settle {
+            f(usage.prompt_tokens + usage.completion_tokens);
         }
         if opts.include_usage {
             usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
