@@ -106,6 +106,10 @@ pub struct TeacherSection {
     /// Where the `gguf` backend runs: `cpu`, `cuda`, `cuda:N` or `auto`.
     pub device: String,
     pub base_url: String,
+    /// Several servers of the same model (after `base_url`, when given):
+    /// requests go to the one with the fewest outstanding, and one that
+    /// keeps failing is drained and tried again later.
+    pub base_urls: Vec<String>,
     pub model: String,
     /// Name of the environment variable holding the API key (never the key).
     pub api_key_env: Option<String>,
@@ -244,6 +248,7 @@ impl Default for TeacherSection {
             max_batch: None,
             device: "cpu".into(),
             base_url: String::new(),
+            base_urls: Vec::new(),
             model: String::new(),
             api_key_env: None,
             concurrency: None,
@@ -406,8 +411,21 @@ impl RunConfig {
         if t.max_batch == Some(0) || t.concurrency == Some(0) {
             return Err("teacher.max_batch and teacher.concurrency: at least 1 (or left out for the default)".into());
         }
-        if self.teacher.kind == TeacherKind::Http && self.teacher.base_url.is_empty() {
-            return Err("teacher.base_url: required when teacher.kind = \"http\"".into());
+        if self.teacher.kind == TeacherKind::Http && self.teacher.base_url.is_empty() && t.base_urls.is_empty() {
+            return Err(
+                "teacher.base_url: required when teacher.kind = \"http\" (or teacher.base_urls for several servers)"
+                    .into(),
+            );
+        }
+        if let Some(u) = t
+            .base_urls
+            .iter()
+            .find(|u| !u.starts_with("http://") && !u.starts_with("https://"))
+        {
+            return Err(format!("teacher.base_urls: {u:?} is not an http(s) URL"));
+        }
+        if self.teacher.kind == TeacherKind::Local && !t.base_urls.is_empty() {
+            return Err("teacher.base_urls: only for teacher.kind = \"http\" (the local teacher is one server)".into());
         }
         if self.students.variants.is_empty() {
             return Err("students.variants: give at least one of distill, label-gold, label-teacher".into());

@@ -17,6 +17,7 @@ use stepwise_student::generate::{Decode, Generated, decode_batch_with};
 use stepwise_student::gguf::load_for_inference;
 use stepwise_student::llama::Llama;
 use stepwise_student::{ChatMessage, StudentTokenizer};
+use stepwise_teacher::protocol::{TokenLogprob, TopLogprob};
 use stepwise_teacher::server::{ApiError, ArithTeacher, ChatModel, GoldTeacher, ModelJob, ModelOutput};
 
 use crate::config::LocalBackend;
@@ -164,9 +165,42 @@ fn settled<'a>(text: &'a str, stop: &[String]) -> &'a str {
     text[..end].trim_end_matches('\u{FFFD}')
 }
 
+/// The tokens of a completion as the API gives them (each token's own
+/// text), up to the end of its final text (a stop string's tokens are cut
+/// with it).
+fn token_logprobs(tok: &StudentTokenizer, g: &Generated, text_len: usize) -> Vec<TokenLogprob> {
+    let piece = |id: u32| tok.decode(&[id]).unwrap_or_default();
+    let mut out = Vec::with_capacity(g.logprobs.len());
+    let mut len = 0;
+    for lp in &g.logprobs {
+        if len >= text_len {
+            break;
+        }
+        let token = piece(lp.id);
+        len += token.len();
+        out.push(TokenLogprob {
+            token,
+            logprob: lp.logprob,
+            top_logprobs: lp
+                .top
+                .iter()
+                .map(|&(id, logprob)| TopLogprob {
+                    token: piece(id),
+                    logprob,
+                })
+                .collect(),
+        });
+    }
+    out
+}
+
 impl ChatModel for GgufTeacher {
     fn name(&self) -> String {
         self.name.clone()
+    }
+
+    fn logprobs(&self) -> bool {
+        true
     }
 
     fn complete(&self, jobs: &[ModelJob]) -> Vec<Result<ModelOutput, String>> {
@@ -198,6 +232,7 @@ impl ChatModel for GgufTeacher {
                 top_p: jobs[*i].top_p,
                 seed: jobs[*i].seed(),
                 stop: jobs[*i].stop.clone(),
+                top_logprobs: jobs[*i].top_logprobs.map(|k| k as usize),
             })
             .collect();
         let tok = &self.tokenizer;
@@ -228,6 +263,7 @@ impl ChatModel for GgufTeacher {
                                 None => tracing::warn!(job = i, "streamed text is not a prefix of the final text"),
                             }
                             ModelOutput {
+                                logprobs: jobs[*i].top_logprobs.map(|_| token_logprobs(tok, &g, text.len())),
                                 text,
                                 prompt_tokens: ids.len() as u32,
                                 completion_tokens: g.ids.len() as u32 + g.stopped as u32,

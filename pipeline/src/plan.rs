@@ -175,6 +175,12 @@ impl Plan {
         };
 
         let t = &cfg.teacher;
+        // `base_url` first, then `base_urls`.
+        let urls: Vec<String> = std::iter::once(&t.base_url)
+            .filter(|u| !u.is_empty())
+            .chain(&t.base_urls)
+            .cloned()
+            .collect();
         let (endpoint, model) = match t.kind {
             TeacherKind::Local => {
                 let model = match (t.backend, &t.gguf) {
@@ -193,7 +199,7 @@ impl Plan {
             }
             TeacherKind::Http => (
                 Endpoint::Http {
-                    base_url: t.base_url.clone(),
+                    base_url: urls[0].clone(),
                 },
                 t.model.clone(),
             ),
@@ -209,7 +215,8 @@ impl Plan {
         })?;
         let teach = TeachConfig {
             client: ClientConfig {
-                base_url: t.base_url.clone(),
+                base_url: urls.first().cloned().unwrap_or_default(),
+                more_urls: urls.iter().skip(1).cloned().collect(),
                 model,
                 api_key_env: t.api_key_env.clone(),
                 // A local gguf teacher's default comes with its batch size.

@@ -91,3 +91,61 @@ fn the_gguf_backend_serves_smollm2_to_real_clients() {
         Err(e) => assert!(!in_ci(), "{}: {e}", py.display()),
     }
 }
+
+/// Logprobs from the gguf backend's own logits reach the shards' typed
+/// `top_logprobs` column: one entry per token of the rationale, the chosen
+/// token first among its alternatives (greedy), every log-probability ≤ 0.
+#[test]
+fn gguf_logprobs_round_trip_through_the_shards() {
+    let Some(model) = common::smollm2() else { return };
+    let (mut srv, url) = serve(&[
+        "--backend".as_ref(),
+        "gguf".as_ref(),
+        "--max-batch".as_ref(),
+        "4".as_ref(),
+        "--gguf".as_ref(),
+        model.as_os_str(),
+        "--served-model-name".as_ref(),
+        "smollm2".as_ref(),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("t.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\nexamples = 8\nood_examples = 0\nlimit = 0\n[teacher]\nkind = \"http\"\nbase_url = \"{url}\"\n\
+             model = \"smollm2\"\nmax_tokens = 16\ntop_logprobs = 3\nconcurrency = 4\n"
+        ),
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_stepwise"))
+        .args(["teach", cfg.to_str().unwrap(), "--dir", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = srv.kill();
+    let _ = srv.wait();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = stepwise_datasets::shard::read_dir_rows(&run.join("shards")).unwrap();
+    assert_eq!(rows.len(), 8);
+    for r in &rows {
+        let lp = r.top_logprobs.as_ref().expect("logprobs stored");
+        assert!(!lp.is_empty() && lp.len() <= 16, "{}", lp.len());
+        let joined: String = lp.iter().map(|t| t.token.as_str()).collect();
+        assert!(
+            joined.starts_with(r.rationale.trim_end()) || r.rationale.starts_with(joined.trim_end()),
+            "tokens {joined:?} spell the rationale {:?}",
+            r.rationale
+        );
+        for t in lp {
+            assert_eq!(t.top_logprobs.len(), 3);
+            assert!(t.logprob <= 0.0 && t.top_logprobs.iter().all(|a| a.logprob <= 0.0));
+            assert_eq!(
+                t.top_logprobs[0].token, t.token,
+                "greedy: the chosen token is the likeliest"
+            );
+            assert!((t.top_logprobs[0].logprob - t.logprob).abs() < 1e-4);
+            assert!(t.top_logprobs.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+        }
+    }
+}

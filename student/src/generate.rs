@@ -30,6 +30,9 @@ pub struct Decode {
     /// The row ends once its text contains one of these (the text is cut
     /// before it by [`Generated::text`]).
     pub stop: Vec<String>,
+    /// Keep each chosen token's log-probability and this many likeliest
+    /// alternatives (under the model's own distribution, before temperature).
+    pub top_logprobs: Option<usize>,
 }
 
 impl Decode {
@@ -40,8 +43,18 @@ impl Decode {
             top_p: 1.0,
             seed: 0,
             stop: Vec::new(),
+            top_logprobs: None,
         }
     }
+}
+
+/// A chosen token's log-probability and the likeliest alternatives there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    /// Likeliest first.
+    pub top: Vec<(u32, f32)>,
 }
 
 /// One row's continuation.
@@ -51,6 +64,8 @@ pub struct Generated {
     pub ids: Vec<u32>,
     /// Ended on a stop token or string (rather than at `max_new_tokens`).
     pub stopped: bool,
+    /// One per id, when [`Decode::top_logprobs`] asked for them.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 impl Generated {
@@ -171,7 +186,8 @@ pub fn decode_batch_with(
     let mut out: Vec<Generated> = vec![
         Generated {
             ids: Vec::new(),
-            stopped: false
+            stopped: false,
+            logprobs: Vec::new(),
         };
         b
     ];
@@ -198,7 +214,7 @@ pub fn decode_batch_with(
     )?;
     // The original rows still in the batch, in the order of its tensors.
     let mut live: Vec<usize> = (0..b).collect();
-    let mut next = pick(&logits.squeeze(1)?, &live, opts, &mut samplers)?;
+    let (mut next, mut lps) = pick(&logits.squeeze(1)?, &live, opts, &mut samplers)?;
     let mut done: Vec<bool> = opts.iter().map(|o| o.max_new_tokens == 0).collect();
     for step in 0..max_new {
         for (k, &r) in live.iter().enumerate() {
@@ -210,6 +226,9 @@ pub fn decode_batch_with(
                 done[r] = true;
             } else {
                 out[r].ids.push(next[k]);
+                if let Some(lp) = lps[k].take() {
+                    out[r].logprobs.push(lp);
+                }
                 done[r] = out[r].ids.len() >= opts[r].max_new_tokens;
                 if !opts[r].stop.is_empty() {
                     let ids = &out[r].ids;
@@ -243,7 +262,7 @@ pub fn decode_batch_with(
             None,
             dtype,
         )?;
-        next = pick(&logits.squeeze(1)?, &live, opts, &mut samplers)?;
+        (next, lps) = pick(&logits.squeeze(1)?, &live, opts, &mut samplers)?;
     }
     Ok(out)
 }
@@ -287,15 +306,57 @@ fn nucleus(w: &mut [f64], top_p: f64) {
     }
 }
 
+/// The chosen token's log-probability under `logits` and the `k` likeliest.
+fn logprobs_of(logits: &[f32], id: u32, k: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + logits.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32;
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    let k = k.min(order.len());
+    if k > 0 {
+        order.select_nth_unstable_by(k - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+        order.truncate(k);
+        order.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+    } else {
+        order.clear();
+    }
+    TokenLogprob {
+        id,
+        logprob: logits[id as usize] - lse,
+        top: order.into_iter().map(|t| (t, logits[t as usize] - lse)).collect(),
+    }
+}
+
 /// The next token of every row from `(rows, vocab)` logits, row `k` being
 /// the batch's row `rows[k]`: the argmax, or a sample from
-/// softmax(logits / temperature).
-fn pick(logits: &Tensor, rows: &[usize], opts: &[Decode], samplers: &mut [Option<ChaCha8Rng>]) -> Result<Vec<u32>> {
+/// softmax(logits / temperature); and its log-probabilities where asked.
+type Picked = (Vec<u32>, Vec<Option<TokenLogprob>>);
+
+fn pick(logits: &Tensor, rows: &[usize], opts: &[Decode], samplers: &mut [Option<ChaCha8Rng>]) -> Result<Picked> {
     let mut next: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
-    if rows.iter().all(|&r| samplers[r].is_none()) {
-        return Ok(next);
+    let wants_lp = rows.iter().any(|&r| opts[r].top_logprobs.is_some());
+    if rows.iter().all(|&r| samplers[r].is_none()) && !wants_lp {
+        return Ok((next, vec![None; rows.len()]));
     }
     let all: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+    let next = {
+        sample_rows(&all, &mut next, rows, opts, samplers);
+        next
+    };
+    let lps = rows
+        .iter()
+        .enumerate()
+        .map(|(k, &r)| opts[r].top_logprobs.map(|n| logprobs_of(&all[k], next[k], n)))
+        .collect();
+    Ok((next, lps))
+}
+
+fn sample_rows(
+    all: &[Vec<f32>],
+    next: &mut [u32],
+    rows: &[usize],
+    opts: &[Decode],
+    samplers: &mut [Option<ChaCha8Rng>],
+) {
     for (k, &r) in rows.iter().enumerate() {
         let Some(rng) = &mut samplers[r] else { continue };
         let t = opts[r].temperature;
@@ -313,12 +374,20 @@ fn pick(logits: &Tensor, rows: &[usize], opts: &[Decode], samplers: &mut [Option
             u -= wi;
         }
     }
-    Ok(next)
 }
 
 #[cfg(test)]
 mod tests {
     use super::nucleus;
+
+    #[test]
+    fn logprobs_are_a_log_softmax_with_the_likeliest_first() {
+        let lp = super::logprobs_of(&[1.0, 3.0, 2.0, 0.0], 2, 2);
+        let z: f32 = [1.0f32, 3.0, 2.0, 0.0].iter().map(|x| x.exp()).sum();
+        assert!((lp.logprob - (2.0 - z.ln())).abs() < 1e-6);
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!((lp.top[0].1 - (3.0 - z.ln())).abs() < 1e-6);
+    }
 
     #[test]
     fn nucleus_keeps_the_fewest_likeliest_tokens_reaching_top_p() {

@@ -14,6 +14,7 @@ use governor::{DefaultDirectRateLimiter, Quota};
 use rand::RngExt;
 use serde::Deserialize;
 use std::num::NonZeroU32;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
@@ -22,6 +23,10 @@ use tokio::sync::Semaphore;
 pub struct ClientConfig {
     /// e.g. `http://127.0.0.1:8089/v1` or a provider's `/v1` URL.
     pub base_url: String,
+    /// More servers of the same model (`teacher.base_urls`): requests go to
+    /// the one with the fewest outstanding; one that keeps failing is
+    /// drained for a while. Empty: `base_url` alone.
+    pub more_urls: Vec<String>,
     pub model: String,
     /// The *name* of the environment variable holding the API key; the key
     /// itself is read at start-up and never logged or written.
@@ -48,6 +53,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             base_url: "http://127.0.0.1:8089/v1".into(),
+            more_urls: Vec::new(),
             model: "solver".into(),
             api_key_env: None,
             concurrency: 16,
@@ -69,6 +75,108 @@ pub struct Completion {
     pub response: ChatResponse,
     pub latency_ms: u32,
     pub attempts: u32,
+}
+
+impl ClientConfig {
+    /// Every server to send to, without trailing slashes.
+    pub fn urls(&self) -> Vec<String> {
+        std::iter::once(&self.base_url)
+            .chain(&self.more_urls)
+            .map(|u| u.trim_end_matches('/').to_string())
+            .collect()
+    }
+}
+
+/// One server of several, and what it did.
+struct Endpoint {
+    base: String,
+    url: String,
+    pacer: crate::ratelimit::Pacer,
+    outstanding: std::sync::atomic::AtomicUsize,
+    health: std::sync::Mutex<Health>,
+}
+
+#[derive(Default)]
+struct Health {
+    failures_in_row: u32,
+    drains: u32,
+    drained_until: Option<Instant>,
+    ok: u64,
+    failed: u64,
+    latency_ms_total: u64,
+}
+
+/// Attempts in a row that fail before an endpoint is drained.
+const DRAIN_AFTER: u32 = 5;
+
+/// Per-endpoint figures for the summary.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EndpointFigures {
+    pub base_url: String,
+    pub ok: u64,
+    pub failed: u64,
+    pub mean_latency_ms: f64,
+    /// Times it was drained for failing.
+    pub drained: u32,
+}
+
+impl Endpoint {
+    fn new(base: String) -> Endpoint {
+        Endpoint {
+            url: format!("{base}/chat/completions"),
+            base,
+            pacer: crate::ratelimit::Pacer::default(),
+            outstanding: Default::default(),
+            health: Default::default(),
+        }
+    }
+
+    fn drained_until(&self) -> Option<Instant> {
+        self.health.lock().unwrap().drained_until
+    }
+
+    /// A failure that says the server, not the request, is in trouble
+    /// counts toward draining it: out for 2 s, doubling each time, at most
+    /// a minute; then it is tried again.
+    fn record(&self, outcome: &Result<ChatResponse, Attempt>, took: Duration) {
+        let mut h = self.health.lock().unwrap();
+        match outcome {
+            Ok(_) => {
+                h.ok += 1;
+                h.latency_ms_total += took.as_millis() as u64;
+                h.failures_in_row = 0;
+                h.drained_until = None;
+            }
+            Err(a) => {
+                h.failed += 1;
+                if a.retry && !a.throttled {
+                    h.failures_in_row += 1;
+                    if h.failures_in_row >= DRAIN_AFTER {
+                        let secs = (2u64 << h.drains.min(5)).min(60);
+                        h.drains += 1;
+                        h.failures_in_row = 0;
+                        h.drained_until = Some(Instant::now() + Duration::from_secs(secs));
+                        tracing::warn!(endpoint = %self.base, secs, reason = %a.reason, "endpoint drained after failing in a row");
+                    }
+                }
+            }
+        }
+    }
+
+    fn figures(&self) -> EndpointFigures {
+        let h = self.health.lock().unwrap();
+        EndpointFigures {
+            base_url: self.base.clone(),
+            ok: h.ok,
+            failed: h.failed,
+            mean_latency_ms: if h.ok == 0 {
+                0.0
+            } else {
+                h.latency_ms_total as f64 / h.ok as f64
+            },
+            drained: h.drains,
+        }
+    }
 }
 
 /// One failed attempt: whether to try again, and after how long at least.
@@ -134,13 +242,12 @@ impl Breaker {
 pub struct TeacherClient {
     http: reqwest::Client,
     cfg: ClientConfig,
-    url: String,
+    endpoints: Vec<Endpoint>,
     key: Option<String>,
     slots: Semaphore,
     rpm: Option<DefaultDirectRateLimiter>,
     tpm: Option<(DefaultDirectRateLimiter, u32)>,
     breaker: Breaker,
-    pacer: crate::ratelimit::Pacer,
     aimd: crate::ratelimit::Aimd,
 }
 
@@ -148,7 +255,7 @@ impl std::fmt::Debug for TeacherClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the key.
         f.debug_struct("TeacherClient")
-            .field("url", &self.url)
+            .field("urls", &self.endpoints.iter().map(|e| &e.base).collect::<Vec<_>>())
             .field("model", &self.cfg.model)
             .finish()
     }
@@ -191,15 +298,14 @@ impl TeacherClient {
             }
             None => None,
         };
-        let url = format!("{}/chat/completions", cfg.base_url.trim_end_matches('/'));
+        let endpoints = cfg.urls().into_iter().map(Endpoint::new).collect();
         Ok(TeacherClient {
             http,
             slots: Semaphore::new(cfg.concurrency.max(1)),
-            url,
+            endpoints,
             key,
             rpm,
             tpm,
-            pacer: crate::ratelimit::Pacer::default(),
             aimd: crate::ratelimit::Aimd::new(cfg.concurrency.max(1)),
             breaker: Breaker {
                 state: Default::default(),
@@ -233,7 +339,14 @@ impl TeacherClient {
     /// or an unknown model is reported with the URL, instead of a minute of
     /// retries per request.
     pub async fn preflight(&self, timeout: Duration) -> Result<(), TeacherError> {
-        let url = format!("{}/models", self.cfg.base_url.trim_end_matches('/'));
+        for e in &self.endpoints {
+            self.preflight_one(&e.base, timeout).await?;
+        }
+        Ok(())
+    }
+
+    async fn preflight_one(&self, base: &str, timeout: Duration) -> Result<(), TeacherError> {
+        let url = format!("{base}/models");
         let mut rb = self.http.get(&url).timeout(timeout);
         if let Some(k) = &self.key {
             rb = rb.bearer_auth(k);
@@ -285,8 +398,7 @@ impl TeacherClient {
                     without_url(&e)
                 };
                 Err(TeacherError::Config(format!(
-                    "teacher.base_url = {}: not reachable ({what})",
-                    self.cfg.base_url
+                    "teacher.base_url = {base}: not reachable ({what})"
                 )))
             }
         }
@@ -315,10 +427,14 @@ impl TeacherClient {
                 let _ = l.until_n_ready(n).await;
             }
             // The server's own headers, then how many it takes at once.
-            let ticket = self.pacer.admit(est_tokens).await;
+            let ep = self.pick();
+            let ticket = ep.pacer.admit(est_tokens).await;
             let slot = self.aimd.slot().await;
             let start = Instant::now();
-            let outcome = self.send_once(req, ticket).await;
+            ep.outstanding.fetch_add(1, Ordering::SeqCst);
+            let outcome = self.send_once(ep, req, ticket).await;
+            ep.outstanding.fetch_sub(1, Ordering::SeqCst);
+            ep.record(&outcome, start.elapsed());
             drop(slot);
             match &outcome {
                 Ok(_) => self.aimd.grow(),
@@ -362,16 +478,50 @@ impl TeacherClient {
         }
     }
 
-    async fn send_once(&self, req: &ChatRequest, ticket: crate::ratelimit::Ticket) -> Result<ChatResponse, Attempt> {
-        let r = self.send_unpaced(req, ticket).await;
+    /// The endpoint for the next attempt: the fewest outstanding among
+    /// those not drained; when every one is drained, the one back soonest.
+    fn pick(&self) -> &Endpoint {
+        if self.endpoints.len() == 1 {
+            return &self.endpoints[0];
+        }
+        let now = Instant::now();
+        self.endpoints
+            .iter()
+            .filter(|e| e.drained_until().is_none_or(|t| t <= now))
+            .min_by_key(|e| e.outstanding.load(Ordering::SeqCst))
+            .unwrap_or_else(|| {
+                self.endpoints
+                    .iter()
+                    .min_by_key(|e| e.drained_until())
+                    .expect("at least one endpoint")
+            })
+    }
+
+    /// What each endpoint did (several endpoints only).
+    pub fn endpoint_figures(&self) -> Vec<EndpointFigures> {
+        self.endpoints.iter().map(|e| e.figures()).collect()
+    }
+
+    async fn send_once(
+        &self,
+        ep: &Endpoint,
+        req: &ChatRequest,
+        ticket: crate::ratelimit::Ticket,
+    ) -> Result<ChatResponse, Attempt> {
+        let r = self.send_unpaced(ep, req, ticket).await;
         if let Ok(resp) = &r {
             let used = resp.usage.map(|u| u.prompt_tokens + u.completion_tokens);
-            self.pacer.observe(ticket, &reqwest::header::HeaderMap::new(), used);
+            ep.pacer.observe(ticket, &reqwest::header::HeaderMap::new(), used);
         }
         r
     }
 
-    async fn send_unpaced(&self, req: &ChatRequest, ticket: crate::ratelimit::Ticket) -> Result<ChatResponse, Attempt> {
+    async fn send_unpaced(
+        &self,
+        ep: &Endpoint,
+        req: &ChatRequest,
+        ticket: crate::ratelimit::Ticket,
+    ) -> Result<ChatResponse, Attempt> {
         let retryable = |reason: String| Attempt {
             reason,
             retry: true,
@@ -380,7 +530,7 @@ impl TeacherClient {
             throttled: false,
         };
         let wire = wire(req, self.cfg.stream);
-        let mut rb = self.http.post(&self.url).json(&wire);
+        let mut rb = self.http.post(&ep.url).json(&wire);
         if let Some(k) = &self.key {
             rb = rb.bearer_auth(k);
         }
@@ -398,7 +548,7 @@ impl TeacherClient {
             }
         })?;
         let status = resp.status();
-        self.pacer.observe(ticket, resp.headers(), None);
+        ep.pacer.observe(ticket, resp.headers(), None);
         let header_f64 = |name: &str| {
             resp.headers()
                 .get(name)

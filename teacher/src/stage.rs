@@ -157,6 +157,9 @@ pub struct TeachSummary {
     pub cost_usd: f64,
     pub stopped_by_budget: bool,
     pub not_attempted: usize,
+    /// What each server did, when there are several.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<crate::client::EndpointFigures>,
     /// What the batches did, in batch mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<crate::batch::BatchSummary>,
@@ -612,6 +615,9 @@ async fn run(
         )));
     }
     summary.cost_usd = shared.spent_micro_usd.load(Ordering::SeqCst) as f64 / 1e6;
+    if !shared.cfg.client.more_urls.is_empty() {
+        summary.endpoints = shared.client.endpoint_figures();
+    }
     summary.stopped_by_budget = shared.over_budget.load(Ordering::SeqCst);
     tracing::info!(?summary, "teach stage done");
     Ok(summary)

@@ -48,6 +48,7 @@ impl ChatModel for Ticker {
         (0..jobs.len())
             .map(|i| {
                 Ok(ModelOutput {
+                    logprobs: None,
                     text: std::mem::take(&mut text[i]),
                     prompt_tokens: 3,
                     completion_tokens: made[i],

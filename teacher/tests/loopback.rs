@@ -541,3 +541,60 @@ async fn the_servers_rate_headers_keep_a_run_within_its_budget_without_a_single_
     );
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_endpoints_share_the_load_and_the_run_survives_one_killed_mid_run() {
+    use std::sync::atomic::Ordering;
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(
+            server::start(
+                "127.0.0.1:0",
+                ServerConfig {
+                    latency: Duration::from_millis(20),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let urls: Vec<String> = servers.iter().map(|s| s.base_url()).collect();
+    let n = 900;
+    let ex = examples(n);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = teach_cfg(ClientConfig {
+        concurrency: 24,
+        more_urls: urls[1..].to_vec(),
+        ..client_cfg(urls[0].clone())
+    });
+    let doomed = servers.pop().unwrap();
+    let doomed_stats = doomed.stats.clone();
+    let kill = tokio::spawn(async move {
+        while doomed_stats.completions.load(Ordering::SeqCst) < 60 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        doomed.shutdown().await;
+        doomed_stats.completions.load(Ordering::SeqCst)
+    });
+    let s = teach(&ex, cfg, &paths_in(dir.path())).await.unwrap();
+    let answered_by_doomed = kill.await.unwrap();
+    assert_eq!(s.rows_written, n as u64, "every example answered despite the kill");
+    assert_eq!(s.failed, 0);
+    let live: Vec<u64> = servers
+        .iter()
+        .map(|s| s.stats.completions.load(Ordering::SeqCst))
+        .collect();
+    eprintln!(
+        "answers: {live:?} and {answered_by_doomed} from the killed one; {:?}",
+        s.endpoints
+    );
+    // The two that lived shared the rest about evenly (fewest outstanding first).
+    assert!(live.iter().all(|c| *c > 250), "{live:?}");
+    assert_eq!(s.endpoints.len(), 3);
+    let dead = &s.endpoints[2];
+    assert!(dead.drained >= 1 && dead.ok >= 60, "{dead:?}");
+    for srv in servers {
+        srv.shutdown().await;
+    }
+}

@@ -113,6 +113,7 @@ pub fn probe(model: &dyn ChatModel, messages: &[Message], batch: usize) -> Resul
         request_seed: None,
         sample,
         stop: vec![],
+        top_logprobs: None,
     };
     let short = vec![Message::new(
         "user",
@@ -314,6 +315,12 @@ pub fn run(plan: &Plan, tc: TeachConfig) -> Result<()> {
                 summary.cache_hits,
                 summary.failed,
                 summary.completion_tokens as f64 / wall.as_secs_f64().max(1e-3)
+            );
+        }
+        for e in &summary.endpoints {
+            println!(
+                "teach:   {}: {} answered, {} failed attempts, mean {:.0} ms, drained {} time(s)",
+                e.base_url, e.ok, e.failed, e.mean_latency_ms, e.drained
             );
         }
         if summary.failed > 0 || summary.not_attempted > 0 {

@@ -147,6 +147,8 @@ struct Wire {
     #[serde(default)]
     logprobs: Option<bool>,
     #[serde(default)]
+    top_logprobs: Option<u32>,
+    #[serde(default)]
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
@@ -182,6 +184,9 @@ pub struct ChatCall {
     pub seed: Option<i64>,
     /// `Some` when `stream` is true.
     pub stream: Option<Streaming>,
+    /// `Some(k)` with `logprobs: true`: the chosen tokens' log-probabilities
+    /// and `k` alternatives each.
+    pub top_logprobs: Option<u32>,
 }
 
 impl ChatCall {
@@ -251,10 +256,20 @@ impl ChatCall {
         if max_tokens == Some(0) {
             return Err(ApiError::bad_request(format!("{key}: must be at least 1"), Some(key)));
         }
-        if w.logprobs == Some(true) {
+        let top_logprobs = match (w.logprobs, w.top_logprobs) {
+            (Some(true), k) => Some(k.unwrap_or(0)),
+            (_, Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "top_logprobs: needs logprobs: true",
+                    Some("top_logprobs"),
+                ));
+            }
+            _ => None,
+        };
+        if let Some(k) = top_logprobs.filter(|k| *k > 20) {
             return Err(ApiError::bad_request(
-                "logprobs: this server's backends do not return log probabilities",
-                Some("logprobs"),
+                format!("top_logprobs: {k} is over 20"),
+                Some("top_logprobs"),
             ));
         }
         let stream = (w.stream == Some(true)).then(|| Streaming {
@@ -268,6 +283,7 @@ impl ChatCall {
             max_tokens,
             n,
             stop: w.stop.into_iter().filter(|s| !s.is_empty()).collect(),
+            top_logprobs,
             seed: w.seed,
             stream,
         })

@@ -145,6 +145,7 @@ pub(super) fn last_user(job: &ModelJob) -> &str {
 pub(super) fn instant_output(job: &ModelJob, text: String) -> ModelOutput {
     let (text, finish_reason) = truncate_to_tokens(text, job.max_tokens.unwrap_or(u32::MAX));
     ModelOutput {
+        logprobs: None,
         completion_tokens: approx_tokens(&text),
         prompt_tokens: job.messages.iter().map(|m| approx_tokens(&m.content)).sum(),
         text,

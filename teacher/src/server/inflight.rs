@@ -35,6 +35,7 @@ pub(super) fn call_key(call: &ChatCall) -> String {
         call.n,
         &call.stop,
         call.seed,
+        call.top_logprobs,
     ))
     .expect("a chat call serialises");
     hex::encode(Sha256::digest(body))

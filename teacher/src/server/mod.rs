@@ -57,6 +57,8 @@ pub struct ModelJob {
     pub sample: u32,
     /// The completion ends before the first of these.
     pub stop: Vec<String>,
+    /// Return the chosen tokens' log-probabilities and this many alternatives.
+    pub top_logprobs: Option<u32>,
 }
 
 impl ModelJob {
@@ -77,6 +79,8 @@ pub struct ModelOutput {
     pub completion_tokens: u32,
     /// `stop` or `length`.
     pub finish_reason: &'static str,
+    /// The chosen tokens' log-probabilities, when the job asked and the model can.
+    pub logprobs: Option<Vec<crate::protocol::TokenLogprob>>,
 }
 
 /// A language model behind the server.
@@ -125,6 +129,11 @@ pub trait ChatModel: Send + Sync + 'static {
     /// knows (a server's `max_batch` and a client's concurrency follow it).
     fn suggested_batch(&self) -> Option<usize> {
         None
+    }
+    /// Whether the model returns log-probabilities (a real model's logits
+    /// give them; the built-in teachers have none).
+    fn logprobs(&self) -> bool {
+        false
     }
 }
 
@@ -671,6 +680,12 @@ type Settle = Option<Box<dyn FnOnce(u32) + Send>>;
 /// Hands `call`'s jobs to the model (or joins an identical call in
 /// flight); the events of its answer come on the receiver.
 fn submit(s: &AppState, call: &ChatCall) -> Result<UnboundedReceiver<Event>, ApiError> {
+    if call.top_logprobs.is_some() && !s.model.logprobs() {
+        return Err(ApiError::bad_request(
+            format!("logprobs: the {} backend does not return log probabilities", s.name()),
+            Some("logprobs"),
+        ));
+    }
     let jobs = jobs_for(call);
     s.model.check(&jobs[0])?;
     let (fanout, rx, new) = s.inflight.join(call_key(call), call.n.max(1));
@@ -744,6 +759,7 @@ fn jobs_for(call: &ChatCall) -> Vec<ModelJob> {
             request_seed: call.seed,
             sample,
             stop: call.stop.clone(),
+            top_logprobs: call.top_logprobs,
         })
         .collect()
 }
@@ -842,7 +858,7 @@ async fn collect(
                 index: i as u32,
                 message,
                 finish_reason: Some(out.finish_reason.into()),
-                logprobs: None,
+                logprobs: out.logprobs.map(|c| crate::protocol::Logprobs { content: Some(c) }),
             }
         })
         .collect();
@@ -939,6 +955,16 @@ fn stream(
                     if let Some(rest) = text.get(sent[i as usize]..).filter(|r| !r.is_empty()) {
                         let c = head.chunk(
                             choice(i, serde_json::json!({"content": rest}), None),
+                            usage_null.clone(),
+                        );
+                        if out.send(Ok(c)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if let Some(lp) = &o.logprobs {
+                        let c = head.chunk(
+                            serde_json::json!([{"index": i, "delta": {}, "finish_reason": null,
+                                "logprobs": {"content": lp}}]),
                             usage_null.clone(),
                         );
                         if out.send(Ok(c)).await.is_err() {
