@@ -345,13 +345,23 @@ mod tests {
             ("top_p", serde_json::json!(0.0)),
             ("n", serde_json::json!(0)),
             ("max_tokens", serde_json::json!(0)),
-            ("logprobs", serde_json::json!(true)),
+            ("top_logprobs", serde_json::json!(3)),
         ] {
             let mut body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
             body[field] = value;
             let e = parse(body).unwrap_err();
             assert_eq!((e.status.as_u16(), e.param.as_deref()), (400, Some(field)), "{e:?}");
         }
+        let c = parse(
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "logprobs": true, "top_logprobs": 5}),
+        )
+        .unwrap();
+        assert_eq!(c.top_logprobs, Some(5));
+        let mut over =
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "logprobs": true});
+        over["top_logprobs"] = serde_json::json!(21);
+        assert_eq!(parse(over).unwrap_err().param.as_deref(), Some("top_logprobs"));
         let e = ChatCall::parse(b"{not json").unwrap_err();
         assert_eq!(e.status.as_u16(), 400);
         let e = parse(serde_json::json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]})).unwrap_err();
