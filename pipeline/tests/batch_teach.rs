@@ -293,3 +293,30 @@ async fn cancel_leaves_no_batch_running_and_keeps_the_journal_closed() {
     assert_eq!(text.matches("cancelled").count(), 3, "{text}");
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_a_finished_live_run_to_batch_mode_asks_nothing_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let srv = server::start("127.0.0.1:0", ServerConfig::default()).await.unwrap();
+    let live = dir.path().join("live.toml");
+    std::fs::write(
+        &live,
+        format!(
+            "[data]\nexamples = 60\nood_examples = 0\n[teacher]\nkind = \"http\"\nbase_url = \"{}\"\nmodel = \"solver\"\n",
+            srv.base_url()
+        ),
+    )
+    .unwrap();
+    let out = teach(&live, &run).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let asked = srv.stats.requests.load(Ordering::SeqCst);
+    // The mode is how, not what: the same identity, so the stage is up to date.
+    let batch = config(dir.path(), &srv.base_url(), 60, "");
+    let out = teach(&batch, &run).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(srv.stats.requests.load(Ordering::SeqCst), asked);
+    assert_eq!(srv.stats.batches_created.load(Ordering::SeqCst), 0);
+    assert_one_row_each(&run, 60);
+    srv.shutdown().await;
+}

@@ -5,7 +5,8 @@
 //! runs the teach stage (client, cache and shard writing) at concurrency 64
 //! and 256, and prints throughput against the bound C/L and the client's CPU
 //! seconds per 1,000 requests; then the same with Python asyncio + httpx
-//! (bench/teacher_client_httpx.py, run with .venv/bin/python or $STEPWISE_PYTHON).
+//! (bench/teacher_client_httpx.py, run with .venv/bin/python or $STEPWISE_PYTHON)
+//! and with bespokelabs-curator (bench/teacher_peer.py, with $STEPWISE_PEER_PYTHON).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -122,31 +123,45 @@ fn main() {
             if stream {
                 continue;
             }
-            let out = dir.path().join("py.jsonl");
-            match Command::new(&py)
-                .arg(root.join("bench/teacher_client_httpx.py"))
-                .args([&url, &n.to_string(), &c.to_string(), out.to_str().unwrap()])
-                .output()
-            {
-                Ok(o) if o.status.success() => {
-                    let line = String::from_utf8_lossy(&o.stdout);
-                    let f = |k: &str| -> f64 {
-                        line.split_whitespace()
-                            .find_map(|kv| kv.strip_prefix(k))
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(f64::NAN)
-                    };
-                    let (pw, pc) = (f("wall_s="), f("cpu_s="));
-                    println!(
-                        "httpx     C={c:<4} {:8.1} req/s = {:5.1}% of C/L;  client CPU {:.3} s per 1000 requests;  CPU ratio httpx/stepwise {:.1}x",
-                        n as f64 / pw,
-                        100.0 * n as f64 / pw / bound,
-                        1000.0 * pc / n as f64,
-                        pc / cpu
-                    );
+            // The Python sides: asyncio + httpx, and a peer tool users pick
+            // for this job (bespokelabs-curator, bench/teacher_peer.py, from
+            // $STEPWISE_PEER_PYTHON); each skipped when its Python is missing.
+            let peer_py = std::env::var_os("STEPWISE_PEER_PYTHON").map(PathBuf::from);
+            for (name, python, script) in [
+                ("httpx", Some(py.clone()), "bench/teacher_client_httpx.py"),
+                ("curator", peer_py, "bench/teacher_peer.py"),
+            ] {
+                let Some(python) = python else {
+                    println!("{name:<9} C={c:<4} skipped: set STEPWISE_PEER_PYTHON (see bench/teacher_peer.py)");
+                    continue;
+                };
+                let out = dir.path().join(format!("{name}.jsonl"));
+                match Command::new(&python)
+                    .arg(root.join(script))
+                    .args([&url, &n.to_string(), &c.to_string(), out.to_str().unwrap()])
+                    .output()
+                {
+                    Ok(o) if o.status.success() => {
+                        let line = String::from_utf8_lossy(&o.stdout);
+                        let f = |k: &str| -> f64 {
+                            line.split_whitespace()
+                                .find_map(|kv| kv.strip_prefix(k))
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or(f64::NAN)
+                        };
+                        let (pw, pc) = (f("wall_s="), f("cpu_s="));
+                        println!(
+                            "{name:<9} C={c:<4} {:8.1} req/s = {:5.1}% of C/L;  client CPU {:.3} s per 1000 requests;  CPU ratio {name}/stepwise {:.1}x, throughput stepwise/{name} {:.2}x",
+                            n as f64 / pw,
+                            100.0 * n as f64 / pw / bound,
+                            1000.0 * pc / n as f64,
+                            pc / cpu,
+                            rps / (n as f64 / pw)
+                        );
+                    }
+                    Ok(o) => println!("{name} side failed: {}", String::from_utf8_lossy(&o.stderr)),
+                    Err(e) => println!("cannot run {} ({e}): run scripts/setup-data.sh", python.display()),
                 }
-                Ok(o) => println!("httpx side failed: {}", String::from_utf8_lossy(&o.stderr)),
-                Err(e) => println!("cannot run {} ({e}): run scripts/setup-data.sh", py.display()),
             }
         }
     }
