@@ -52,9 +52,12 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 struct Seen {
     /// The request whose answer said it (its send order).
     seq: u64,
-    /// When that request was sent: what the server's count was taken at.
+    /// When its answer came: the server's count was taken before (when it
+    /// admitted the request), so what came back since is not over-counted.
     at: Instant,
     remaining: f64,
+    /// What requests sent just before it may hold ([`reordered`]).
+    uncertain: (f64, f64),
     /// The most the budget holds: the limit, or less when the server's
     /// bucket is smaller (what remains plus what comes back by the reset).
     cap: f64,
@@ -72,11 +75,24 @@ fn read(h: &HeaderMap, kind: &str) -> Option<(f64, f64, Option<Duration>)> {
     Some((remaining, limit, reset))
 }
 
+struct Sent {
+    seq: u64,
+    at: Instant,
+    tokens: f64,
+}
+
+/// Requests sent shortly before the one an answer speaks of (within its
+/// round trip) may have reached the server after it, over another
+/// connection: its count may not hold them, so they are counted again.
+fn reordered(k_sent: Instant, k_answered: Instant, x: &Sent) -> bool {
+    k_sent.duration_since(x.at) <= k_answered.duration_since(k_sent)
+}
+
 #[derive(Default)]
 struct PacerState {
     next_seq: u64,
     /// Requests sent and the tokens each holds (its most, until settled).
-    sent: VecDeque<(u64, Instant, f64)>,
+    sent: VecDeque<Sent>,
     requests: Option<Seen>,
     tokens: Option<Seen>,
 }
@@ -89,10 +105,11 @@ impl PacerState {
         let after: f64 = self
             .sent
             .iter()
-            .filter(|(s, _, _)| *s > seen.seq)
-            .map(|(_, _, t)| if tokens { *t } else { 1.0 })
+            .filter(|x| x.seq > seen.seq)
+            .map(|x| if tokens { x.tokens } else { 1.0 })
             .sum();
-        (seen.remaining + back).min(seen.cap) - after
+        let uncertain = if tokens { seen.uncertain.1 } else { seen.uncertain.0 };
+        (seen.remaining + back).min(seen.cap) - after - uncertain
     }
 }
 
@@ -130,11 +147,15 @@ impl Pacer {
                 if wait <= 0.0 {
                     let seq = s.next_seq;
                     s.next_seq += 1;
-                    s.sent.push_back((seq, now, tokens as f64));
+                    s.sent.push_back(Sent {
+                        seq,
+                        at: now,
+                        tokens: tokens as f64,
+                    });
                     // Keep only what a current limit still counts.
                     let oldest = [s.requests, s.tokens].iter().flatten().map(|x| x.seq).min();
                     if let Some(o) = oldest {
-                        while s.sent.front().is_some_and(|(q, _, _)| *q <= o) && s.sent.len() > 1 {
+                        while s.sent.front().is_some_and(|x| x.seq <= o) && s.sent.len() > 1 {
                             s.sent.pop_front();
                         }
                     } else if s.sent.len() > 4096 {
@@ -154,17 +175,19 @@ impl Pacer {
     pub fn observe(&self, t: Ticket, headers: &HeaderMap, used_tokens: Option<u32>) {
         let mut guard = self.state.lock().unwrap();
         let s = &mut *guard;
-        let at = s
-            .sent
-            .iter()
-            .find(|(q, _, _)| *q == t.0)
-            .map(|(_, at, _)| *at)
-            .unwrap_or_else(Instant::now);
+        let at = Instant::now();
+        let sent_at = s.sent.iter().find(|x| x.seq == t.0).map(|x| x.at);
         if let Some(u) = used_tokens
-            && let Some(e) = s.sent.iter_mut().find(|(q, _, _)| *q == t.0)
+            && let Some(e) = s.sent.iter_mut().find(|x| x.seq == t.0)
         {
-            e.2 = e.2.min(u as f64);
+            e.tokens = e.tokens.min(u as f64);
         }
+        let uncertain = sent_at.map_or((0.0, 0.0), |k_at| {
+            s.sent
+                .iter()
+                .filter(|x| x.seq < t.0 && reordered(k_at, at, x))
+                .fold((0.0, 0.0), |a, x| (a.0 + 1.0, a.1 + x.tokens))
+        });
         for (kind, slot) in [("requests", &mut s.requests), ("tokens", &mut s.tokens)] {
             let Some((remaining, limit, reset)) = read(headers, kind) else {
                 continue;
@@ -183,6 +206,7 @@ impl Pacer {
                 seq: t.0,
                 at,
                 remaining,
+                uncertain,
                 cap,
                 per_s,
             });

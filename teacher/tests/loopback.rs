@@ -497,7 +497,7 @@ async fn a_reasoning_models_thought_lands_in_the_reasoning_columns_in_each_of_it
 async fn the_servers_rate_headers_keep_a_run_within_its_budget_without_a_single_429() {
     use std::sync::atomic::Ordering;
     // 3,000 requests a minute (50 a second) and 600,000 tokens a minute
-    // (10,000 a second), buckets of 2 s (room for the first 16 requests
+    // (10,000 a second), buckets of 2 s (room for the first 8 requests
     // sent before any header is seen): the token budget binds after that.
     let srv = server::start(
         "127.0.0.1:0",
@@ -517,8 +517,8 @@ async fn the_servers_rate_headers_keep_a_run_within_its_budget_without_a_single_
     let ex = examples(n);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = teach_cfg(ClientConfig {
-        // As many in flight as the first bucket holds: after that only the headers pace it.
-        concurrency: 16,
+        // Half what the first bucket holds goes before any header is seen; after that only the headers pace it.
+        concurrency: 8,
         ..client_cfg(srv.base_url())
     });
     cfg.max_tokens = 256;
