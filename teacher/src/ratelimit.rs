@@ -173,14 +173,23 @@ impl Pacer {
     /// Reads an answer's headers (a 429's too) and, when known, the tokens
     /// the request actually used.
     pub fn observe(&self, t: Ticket, headers: &HeaderMap, used_tokens: Option<u32>) {
+        let has_limits = headers.contains_key("x-ratelimit-remaining-requests")
+            || headers.contains_key("x-ratelimit-remaining-tokens");
         let mut guard = self.state.lock().unwrap();
         let s = &mut *guard;
+        if !has_limits && (used_tokens.is_none() || (s.requests.is_none() && s.tokens.is_none())) {
+            return; // a server without rate headers: nothing to pace by
+        }
         let at = Instant::now();
-        let sent_at = s.sent.iter().find(|x| x.seq == t.0).map(|x| x.at);
-        if let Some(u) = used_tokens
-            && let Some(e) = s.sent.iter_mut().find(|x| x.seq == t.0)
-        {
+        // Recent requests are at the back.
+        let k = s.sent.iter().rposition(|x| x.seq == t.0);
+        let sent_at = k.map(|k| s.sent[k].at);
+        if let (Some(u), Some(k)) = (used_tokens, k) {
+            let e = &mut s.sent[k];
             e.tokens = e.tokens.min(u as f64);
+        }
+        if !has_limits {
+            return;
         }
         let uncertain = sent_at.map_or((0.0, 0.0), |k_at| {
             s.sent
