@@ -26,6 +26,19 @@ fn config(dir: &Path, url: &str, examples: usize, extra: &str) -> PathBuf {
     cfg
 }
 
+/// The local server with these batch faults.
+async fn server_with(batch: BatchFaults) -> server::LocalServer {
+    server::start(
+        "127.0.0.1:0",
+        ServerConfig {
+            batch,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
 fn teach(cfg: &Path, run: &Path) -> Command {
     let mut c = Command::new(BIN);
     c.args(["teach", cfg.to_str().unwrap(), "--dir", run.to_str().unwrap()]);
@@ -164,21 +177,14 @@ async fn twenty_sigkills_across_the_batch_lifecycle_create_each_batch_once_and_e
 async fn failed_and_expired_requests_are_resubmitted_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let srv = server::start(
-        "127.0.0.1:0",
-        ServerConfig {
-            batch: BatchFaults {
-                delay: Duration::from_millis(20),
-                fail_fraction: 0.25,
-                // Each batch answers at most 30 requests, then expires.
-                expire_after: Some(30),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let srv = server_with(BatchFaults {
+        delay: Duration::from_millis(20),
+        fail_fraction: 0.25,
+        // Each batch answers at most 30 requests, then expires.
+        expire_after: Some(30),
+        ..Default::default()
+    })
+    .await;
     let examples = 200;
     let cfg = config(
         dir.path(),
@@ -247,18 +253,11 @@ async fn failed_and_expired_requests_are_resubmitted_and_nothing_else() {
 async fn cancel_leaves_no_batch_running_and_keeps_the_journal_closed() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let srv = server::start(
-        "127.0.0.1:0",
-        ServerConfig {
-            batch: BatchFaults {
-                delay: Duration::from_secs(600),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let srv = server_with(BatchFaults {
+        delay: Duration::from_secs(600),
+        ..Default::default()
+    })
+    .await;
     let cfg = config(dir.path(), &srv.base_url(), 120, "max_requests = 40\n");
     let mut child = teach(&cfg, &run)
         .stdout(Stdio::null())
@@ -298,7 +297,7 @@ async fn cancel_leaves_no_batch_running_and_keeps_the_journal_closed() {
 async fn switching_a_finished_live_run_to_batch_mode_asks_nothing_again() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let srv = server::start("127.0.0.1:0", ServerConfig::default()).await.unwrap();
+    let srv = server_with(BatchFaults::default()).await;
     let live = dir.path().join("live.toml");
     std::fs::write(
         &live,

@@ -29,16 +29,7 @@ print(repr([ch.message.content for ch in r.choices]))
 #[test]
 fn the_gguf_backend_serves_smollm2_to_real_clients() {
     let Some(model) = common::smollm2() else { return };
-    let (mut srv, url) = serve(&[
-        "--backend".as_ref(),
-        "gguf".as_ref(),
-        "--max-batch".as_ref(),
-        "4".as_ref(),
-        "--gguf".as_ref(),
-        model.as_os_str(),
-        "--served-model-name".as_ref(),
-        "smollm2".as_ref(),
-    ]);
+    let (mut srv, url) = serve(&common::gguf_serve_args(&model));
 
     let q = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. \
              How many clips did Natalia sell altogether in April and May?";
@@ -98,16 +89,7 @@ fn the_gguf_backend_serves_smollm2_to_real_clients() {
 #[test]
 fn gguf_logprobs_round_trip_through_the_shards() {
     let Some(model) = common::smollm2() else { return };
-    let (mut srv, url) = serve(&[
-        "--backend".as_ref(),
-        "gguf".as_ref(),
-        "--max-batch".as_ref(),
-        "4".as_ref(),
-        "--gguf".as_ref(),
-        model.as_os_str(),
-        "--served-model-name".as_ref(),
-        "smollm2".as_ref(),
-    ]);
+    let (mut srv, url) = serve(&common::gguf_serve_args(&model));
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("t.toml");
     std::fs::write(

@@ -120,16 +120,7 @@ fn the_mimic_behind_an_api_key_accepts_every_request_shape_and_refuses_a_wrong_k
 fn the_gguf_backend_accepts_every_request_shape_and_streams_as_it_decodes() {
     let Some(model) = common::smollm2() else { return };
     conformance(
-        &[
-            "--backend".as_ref(),
-            "gguf".as_ref(),
-            "--max-batch".as_ref(),
-            "4".as_ref(),
-            "--gguf".as_ref(),
-            model.as_os_str(),
-            "--served-model-name".as_ref(),
-            "smollm2".as_ref(),
-        ],
+        &common::gguf_serve_args(&model),
         "smollm2",
         None,
         &["--question", "What is 3 + 4? Answer briefly.", "--max-tokens", "24"],

@@ -23,7 +23,6 @@ use crate::cache::{CachedResponse, ResponseCache};
 use crate::error::TeacherError;
 use crate::protocol::{ChatRequest, ChatResponse};
 use crate::stage::{Price, TeachConfig, TeachPaths};
-use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -130,7 +129,8 @@ pub struct BatchApi {
     http: reqwest::Client,
     base: String,
     key: Option<String>,
-    retries: u32,
+    /// Retries and backoff, as for live requests.
+    client: crate::ClientConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -183,14 +183,7 @@ fn terminal(status: &str) -> bool {
 
 impl BatchApi {
     pub fn new(cfg: &crate::ClientConfig) -> Result<BatchApi, TeacherError> {
-        let key = match &cfg.api_key_env {
-            None => None,
-            Some(var) => Some(std::env::var(var).map_err(|_| {
-                TeacherError::Config(format!(
-                    "the API key variable {var} is not set (api_key_env names the variable, not the key)"
-                ))
-            })?),
-        };
+        let key = cfg.api_key()?;
         let http = reqwest::Client::builder()
             .connect_timeout(cfg.idle_timeout)
             .read_timeout(cfg.idle_timeout.max(Duration::from_secs(60)))
@@ -200,7 +193,7 @@ impl BatchApi {
             http,
             base: cfg.base_url.trim_end_matches('/').to_string(),
             key,
-            retries: cfg.max_retries,
+            client: cfg.clone(),
         })
     }
 
@@ -244,10 +237,10 @@ impl BatchApi {
                 Err(e) => (true, format!("{}", e.without_url()), None),
             };
             attempt += 1;
-            if !retry || attempt > self.retries {
+            if !retry || attempt > self.client.max_retries {
                 return Err((code, TeacherError::Server(format!("{what} ({url}): {reason}"))));
             }
-            let wait = Duration::from_millis(250u64 << attempt.min(7)).mul_f64(rand::rng().random_range(0.5..1.0));
+            let wait = self.client.backoff(attempt - 1);
             tracing::debug!(what, %reason, wait_ms = wait.as_millis() as u64, "batch API call failed; retrying");
             tokio::time::sleep(wait).await;
         }
@@ -462,7 +455,7 @@ fn ingest(
     j: &Journal,
     chunks: &[Chunk],
     cache: &ResponseCache,
-    keys: &HashMap<String, String>,
+    cfg: &TeachConfig,
     earlier: &HashSet<String>,
 ) -> Result<Results, TeacherError> {
     let mut r = Results::default();
@@ -492,11 +485,10 @@ fn ingest(
                         t.0 += u.prompt_tokens as u64;
                         t.1 += u.completion_tokens as u64;
                         r.reasons.remove(&l.custom_id);
-                        if let Some(key) = keys.get(&l.custom_id)
-                            && cache.get(key).is_none()
-                        {
+                        let key = cfg.cache_key_of(&l.custom_id);
+                        if cache.get(&key).is_none() {
                             cache.put(
-                                key,
+                                &key,
                                 &CachedResponse {
                                     response: resp,
                                     latency_ms: 0,
@@ -783,9 +775,7 @@ pub async fn fill(
             }
             continue;
         }
-        let need = needed(examples, cfg, &cache);
-        let keys: HashMap<String, String> = need.iter().map(|(h, r)| (h.clone(), cfg.cache_key(r))).collect();
-        let res = ingest(&j, &chunks, &cache, &keys, &paid_before)?;
+        let res = ingest(&j, &chunks, &cache, cfg, &paid_before)?;
         {
             let mut s = summary.lock().unwrap();
             s.succeeded = res.succeeded;
@@ -799,7 +789,7 @@ pub async fn fill(
             s.completion_tokens = c;
             s.cost_usd = price.cost(s.prompt_tokens, s.completion_tokens);
         }
-        // Another pass over `needed` sees the hinted requests the new answers call for.
+        // After the ingest: the new answers may call for hinted requests.
         let need = needed(examples, cfg, &cache);
         let mut seen = HashSet::new();
         let missing: Vec<(String, ChatRequest)> = need

@@ -78,6 +78,29 @@ pub struct Completion {
 }
 
 impl ClientConfig {
+    /// The API key, read from the variable `api_key_env` names.
+    pub fn api_key(&self) -> Result<Option<String>, TeacherError> {
+        match &self.api_key_env {
+            None => Ok(None),
+            Some(var) => std::env::var(var).map(Some).map_err(|_| {
+                TeacherError::Config(format!(
+                    "the API key variable {var} is not set (api_key_env names the variable, not the key)"
+                ))
+            }),
+        }
+    }
+
+    /// How long to wait before retry `attempt` (from 0): exponential from
+    /// `backoff_base` up to `backoff_max`, with full jitter so a burst of
+    /// 429s does not come back in step.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let cap = self
+            .backoff_base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.backoff_max);
+        cap.mul_f64(rand::rng().random_range(0.0..1.0))
+    }
+
     /// Every server to send to, without trailing slashes.
     pub fn urls(&self) -> Vec<String> {
         std::iter::once(&self.base_url)
@@ -190,6 +213,19 @@ struct Attempt {
     throttled: bool,
 }
 
+impl Attempt {
+    /// A failure worth another attempt, with nothing more known about it.
+    fn retryable(reason: String) -> Attempt {
+        Attempt {
+            reason,
+            retry: true,
+            retry_after: None,
+            connect: false,
+            throttled: false,
+        }
+    }
+}
+
 /// Stops a run from storming a server that is gone: once the last
 /// `threshold` attempts in a row all failed to connect, over at least
 /// `min_span`, every request fails at once with the last reason, instead
@@ -271,14 +307,7 @@ fn per_minute(n: u32, burst: u32) -> Result<DefaultDirectRateLimiter, TeacherErr
 
 impl TeacherClient {
     pub fn new(cfg: ClientConfig) -> Result<Self, TeacherError> {
-        let key = match &cfg.api_key_env {
-            None => None,
-            Some(var) => Some(std::env::var(var).map_err(|_| {
-                TeacherError::Config(format!(
-                    "the API key variable {var} is not set (api_key_env names the variable, not the key)"
-                ))
-            })?),
-        };
+        let key = cfg.api_key()?;
         let mut http = reqwest::Client::builder()
             .read_timeout(cfg.idle_timeout)
             .connect_timeout(cfg.idle_timeout)
@@ -320,16 +349,6 @@ impl TeacherClient {
 
     pub fn config(&self) -> &ClientConfig {
         &self.cfg
-    }
-
-    fn backoff(&self, attempt: u32) -> Duration {
-        let cap = self
-            .cfg
-            .backoff_base
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.cfg.backoff_max);
-        // Full jitter: spread retries so a burst of 429s does not come back in step.
-        cap.mul_f64(rand::rng().random_range(0.0..1.0))
     }
 
     /// A check that takes seconds, before any work: the server answers
@@ -464,7 +483,7 @@ impl TeacherClient {
                     });
                 }
                 Err(a) => {
-                    let wait = self.backoff(attempt - 1).max(a.retry_after.unwrap_or_default());
+                    let wait = self.cfg.backoff(attempt - 1).max(a.retry_after.unwrap_or_default());
                     tracing::debug!(attempt, reason = %a.reason, wait_ms = wait.as_millis() as u64, "retrying");
                     let woken = self.breaker.wake.notified();
                     if self.breaker.tripped().is_none() {
@@ -522,13 +541,7 @@ impl TeacherClient {
         req: &ChatRequest,
         ticket: crate::ratelimit::Ticket,
     ) -> Result<ChatResponse, Attempt> {
-        let retryable = |reason: String| Attempt {
-            reason,
-            retry: true,
-            retry_after: None,
-            connect: false,
-            throttled: false,
-        };
+        let retryable = Attempt::retryable;
         let wire = wire(req, self.cfg.stream);
         let mut rb = self.http.post(&ep.url).json(&wire);
         if let Some(k) = &self.key {
@@ -686,13 +699,7 @@ struct Assembly {
 impl Assembly {
     /// Takes one event's `data:` payload.
     fn take(&mut self, data: &str) -> Result<(), Attempt> {
-        let retryable = |reason: String| Attempt {
-            reason,
-            retry: true,
-            retry_after: None,
-            connect: false,
-            throttled: false,
-        };
+        let retryable = Attempt::retryable;
         if data == "[DONE]" {
             self.done = true;
             return Ok(());
@@ -744,13 +751,9 @@ impl Assembly {
         let complete =
             !self.choices.is_empty() && (self.done || self.choices.values().all(|c| c.finish_reason.is_some()));
         if !complete {
-            return Err(Attempt {
-                reason: "the stream ended before the answer was complete".into(),
-                retry: true,
-                retry_after: None,
-                connect: false,
-                throttled: false,
-            });
+            return Err(Attempt::retryable(
+                "the stream ended before the answer was complete".into(),
+            ));
         }
         let choices = self
             .choices
@@ -786,8 +789,8 @@ async fn read_stream(mut resp: reqwest::Response) -> Result<ChatResponse, Attemp
     let mut buf: Vec<u8> = Vec::new();
     let mut asm = Assembly::default();
     loop {
-        let chunk = resp.chunk().await.map_err(|e| Attempt {
-            reason: format!(
+        let chunk = resp.chunk().await.map_err(|e| {
+            Attempt::retryable(format!(
                 "{}: {}",
                 if e.is_timeout() {
                     "timeout: the stream went idle"
@@ -795,11 +798,7 @@ async fn read_stream(mut resp: reqwest::Response) -> Result<ChatResponse, Attemp
                     "broken stream"
                 },
                 without_url(&e)
-            ),
-            retry: true,
-            retry_after: None,
-            connect: false,
-            throttled: false,
+            ))
         })?;
         let Some(chunk) = chunk else { break };
         buf.extend_from_slice(&chunk);

@@ -119,11 +119,17 @@ impl TeachConfig {
     /// The response cache's key for `req`: the request itself, and the
     /// model file's digest when a local file answers it.
     pub fn cache_key(&self, req: &ChatRequest) -> String {
+        self.cache_key_of(&req.hash())
+    }
+
+    /// [`Self::cache_key`] of the request with this [`ChatRequest::hash`]
+    /// (a batch result's `custom_id`).
+    pub fn cache_key_of(&self, request_hash: &str) -> String {
         match &self.model_digest {
-            None => req.hash(),
+            None => request_hash.to_string(),
             Some(d) => {
                 use sha2::{Digest, Sha256};
-                hex::encode(Sha256::digest(format!("{}:{d}", req.hash())))
+                hex::encode(Sha256::digest(format!("{request_hash}:{d}")))
             }
         }
     }

@@ -50,6 +50,18 @@ pub fn serve_with_env<S: AsRef<OsStr>>(extra: &[S], env: Option<(&str, &str)>) -
     (srv, url)
 }
 
+/// `teacher serve` arguments for the gguf backend on `model`, batches of 4,
+/// served as `smollm2`.
+pub fn gguf_serve_args(model: &std::path::Path) -> Vec<&OsStr> {
+    let mut v: Vec<&OsStr> = ["--backend", "gguf", "--max-batch", "4", "--gguf"]
+        .into_iter()
+        .map(OsStr::new)
+        .collect();
+    v.push(model.as_os_str());
+    v.extend(["--served-model-name", "smollm2"].map(OsStr::new));
+    v
+}
+
 /// The registry SmolLM2-135M-Instruct GGUF, or `None` when it is missing
 /// (a skip outside CI, a failure in it).
 pub fn smollm2() -> Option<PathBuf> {
