@@ -9,12 +9,14 @@ use stepwise_student::data::{Variant, prompt};
 use stepwise_student::device::{compute_dtype, pick_device};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{ExportArgs, ExportFormat, GenerateArgs, TeachArgs};
+use crate::cli::{ExportArgs, ExportFormat, GenerateArgs, TeachArgs, TeachCommand};
 use crate::config::{EXAMPLE, RunConfig};
 use crate::plan::Plan;
 use crate::preflight::{self, TeacherCheck};
 use crate::run_dir::RunDir;
 use crate::stages;
+use crate::tasks::{self, ConfigError, TaskPlan};
+use stepwise_store::Store;
 
 /// Text or JSON-lines logs on stderr, filtered by `STEPWISE_LOG` (default info).
 pub fn init_logging(json: bool) {
@@ -32,12 +34,221 @@ pub fn init_logging(json: bool) {
 /// The plan of a config file (or the embedded default) for `dir` (or
 /// `runs/<run.name>`).
 pub fn plan_for(config: Option<&Path>, dir: Option<&Path>) -> Result<Plan> {
-    let cfg = match config {
-        Some(p) => RunConfig::load(p)?,
-        None => RunConfig::default(),
-    };
+    let cfg = load_config(config)?;
     let dir = RunDir::new(cfg.run_dir(dir));
     Plan::resolve(cfg, dir)
+}
+
+fn load_config(config: Option<&Path>) -> Result<RunConfig> {
+    Ok(match config {
+        Some(p) => RunConfig::load(p)?,
+        None => RunConfig::default(),
+    })
+}
+
+/// `--base-url`: another server of the same model (an operational knob).
+fn override_base_url(cfg: &mut RunConfig, url: Option<&str>) -> Result<()> {
+    let Some(url) = url else { return Ok(()) };
+    if cfg.teacher.kind != crate::config::TeacherKind::Http {
+        bail!("--base-url {url}: teacher.kind is not \"http\"; a local teacher runs in the process");
+    }
+    cfg.teacher.base_url = url.to_string();
+    cfg.teacher.base_urls.clear();
+    Ok(())
+}
+
+/// A failure of what the user gave, which a retry cannot fix.
+fn config_error(e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(ConfigError(format!("{e:#}")))
+}
+
+fn open_store(url: &str) -> Result<Store> {
+    Store::open(url).map_err(|e| anyhow::Error::new(ConfigError(e.to_string())))
+}
+
+/// `stepwise teach plan`: the data stage here, the examples uploaded, the
+/// plan written create-only.
+fn teach_plan(config: Option<&Path>, dir: Option<&Path>, url: &str, n: u32, base_url: Option<&str>) -> Result<()> {
+    if n == 0 {
+        return Err(ConfigError("--tasks 0: at least one task".into()).into());
+    }
+    let store = open_store(url)?;
+    let mut cfg = load_config(config).map_err(config_error)?;
+    override_base_url(&mut cfg, base_url).map_err(config_error)?;
+    let dir = RunDir::new(cfg.run_dir(dir));
+    let plan = Plan::resolve(cfg, dir).map_err(config_error)?;
+    if plan.teacher.batch.is_some() {
+        return Err(ConfigError(
+            "teacher.mode = \"batch\": array tasks send live requests; one batch job needs no array".into(),
+        )
+        .into());
+    }
+    let mut digests = plan.digests();
+    let checked = preflight::check(&plan, &mut digests, TeacherCheck::Never).map_err(config_error)?;
+    write_config(&plan)?;
+    digests.save()?;
+    stages::data::run(&plan, &checked.data_identity)?;
+    let examples = stages::teach::examples(&plan)?;
+    let ids = examples.iter().map(|e| e.id.clone()).collect();
+    let identity = checked.teach.identity();
+    let local = tasks::local_examples(&plan.dir.examples())?;
+    let tp = TaskPlan::new(&identity, ids, n as usize, local);
+    let created = match TaskPlan::load(&store)? {
+        Some(_) => tp.write(&store)?,
+        None => {
+            tasks::upload_examples(&store, &plan.dir.examples())?;
+            tp.write(&store)?
+        }
+    };
+    let sizes: Vec<usize> = tp.tasks.iter().map(|t| t.example_ids.len()).collect();
+    println!(
+        "teach plan: {} examples in {n} task(s) of {} to {} ({}) at {}; identity {}",
+        examples.len(),
+        sizes.iter().min().unwrap_or(&0),
+        sizes.iter().max().unwrap_or(&0),
+        match created {
+            stepwise_store::Created::Created => "written",
+            stepwise_store::Created::Exists => "already there, unchanged",
+        },
+        store.url_of(tasks::PLAN),
+        identity
+    );
+    Ok(())
+}
+
+/// The task index: `--task`, else the scheduler's variable.
+fn task_index(flag: Option<u32>) -> Result<u32> {
+    if let Some(i) = flag {
+        return Ok(i);
+    }
+    for var in ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"] {
+        if let Ok(v) = std::env::var(var) {
+            return v
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError(format!("{var}={v:?}: not a task index")).into());
+        }
+    }
+    Err(ConfigError("no task index: give --task I, or run under a Slurm array (SLURM_ARRAY_TASK_ID) or a Kubernetes Indexed Job (JOB_COMPLETION_INDEX)".into()).into())
+}
+
+/// Where tasks keep their local stage.
+fn default_scratch() -> PathBuf {
+    std::env::var_os("STEPWISE_SCRATCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// Holds an exclusive lock on `dir` while alive: a second worker of the
+/// same task on this machine waits instead of writing the same shards.
+struct DirLock {
+    _file: std::fs::File,
+}
+
+impl DirLock {
+    fn acquire(dir: &Path) -> Result<DirLock> {
+        use std::os::fd::AsRawFd;
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+        let path = dir.join(".lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| path.display().to_string())?;
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            println!("teach task: another worker holds {}; waiting for it", path.display());
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                bail!("{}: lock: {}", path.display(), std::io::Error::last_os_error());
+            }
+        }
+        Ok(DirLock { _file: f })
+    }
+}
+
+/// `stepwise teach --store URL [--task I]`: one array task.
+fn teach_task(a: &TeachArgs, url: &str) -> Result<()> {
+    let index = task_index(a.task)?;
+    let store = open_store(url)?;
+    let tp = TaskPlan::require(&store)?;
+    let slice = tp.task(index)?.clone();
+    let mut cfg = load_config(a.config.as_deref()).map_err(config_error)?;
+    override_base_url(&mut cfg, a.base_url.as_deref()).map_err(config_error)?;
+    let scratch = a
+        .scratch
+        .clone()
+        .unwrap_or_else(default_scratch)
+        .join(format!("stepwise-teach-{}", &tp.identity[..tp.identity.len().min(16)]))
+        .join(format!("task-{index}-{}", &slice.ids_sha256[..12]));
+    let plan = Plan::resolve(cfg, RunDir::new(&scratch)).map_err(config_error)?;
+    let mut digests = plan.digests();
+    let tc = plan.teach_config(&mut digests).map_err(config_error)?;
+    tp.check_identity(&store, &tc.identity())?;
+    let teach_root = store.child(tasks::TEACH);
+    let already = |c: tasks::TaskCommit| {
+        println!(
+            "teach task {index}: already committed by attempt {} ({} rows); nothing to do",
+            c.attempt, c.rows
+        );
+    };
+    if let Some(c) = tasks::load_commit(&teach_root, index)? {
+        already(c);
+        return Ok(());
+    }
+    let _lock = DirLock::acquire(&scratch)?;
+    if let Some(c) = tasks::load_commit(&teach_root, index)? {
+        already(c);
+        return Ok(());
+    }
+    preflight::check_teacher(&plan, &tc, true)?;
+    write_config(&plan)?;
+    tasks::download_examples(&store, &tp, &plan.dir.examples())?;
+    let ids: std::collections::HashSet<&str> = slice.example_ids.iter().map(String::as_str).collect();
+    let examples: Vec<_> = stages::teach::examples(&plan)?
+        .into_iter()
+        .filter(|e| ids.contains(e.id.as_str()))
+        .collect();
+    if examples.len() != ids.len() {
+        bail!(
+            "task {index}: {} of the slice's {} examples are in {}",
+            examples.len(),
+            ids.len(),
+            store.url_of(tasks::EXAMPLES)
+        );
+    }
+    tracing::info!(task = index, examples = examples.len(), scratch = %scratch.display(), "teach task");
+    stages::teach::run_on(&plan, tc, examples)?;
+    match tasks::commit(&store, &tp, index, &plan.dir.shards())? {
+        tasks::CommitOutcome::Committed(c) => println!(
+            "teach task {index}: committed attempt {} ({} rows in {} file(s)) at {}",
+            c.attempt,
+            c.rows,
+            c.files.len(),
+            teach_root.url_of(&format!("_commits/{index}.json"))
+        ),
+        tasks::CommitOutcome::Lost { winner, attempt } => println!(
+            "teach task {index}: attempt {} committed first; this attempt's files (tasks/{index}/attempts/{attempt}) are unreferenced (`stepwise shards gc {url}` removes them)",
+            winner.attempt
+        ),
+    }
+    Ok(())
+}
+
+/// `stepwise teach finalize`.
+fn teach_finalize(url: &str) -> Result<()> {
+    let store = open_store(url)?;
+    let f = tasks::finalize(&store)?;
+    println!(
+        "teach finalize: {} rows of {} examples in {} file(s){} at {}",
+        f.manifest.total_rows,
+        f.examples,
+        f.manifest.shards.len(),
+        if f.already { ", already finalized" } else { "" },
+        store
+            .child(tasks::TEACH)
+            .url_of(stepwise_datasets::shard::MANIFEST_FILE)
+    );
+    Ok(())
 }
 
 /// The plan of an existing run directory, from its `stepwise.toml`.
@@ -102,11 +313,29 @@ pub fn run(config: Option<&Path>, dir: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// The data and teach stages of a run.
+/// The data and teach stages of a run; `plan`, `finalize` and array tasks.
 pub fn teach(a: &TeachArgs) -> Result<()> {
+    match &a.command {
+        Some(TeachCommand::Plan {
+            config,
+            dir,
+            store,
+            tasks,
+        }) => return teach_plan(config.as_deref(), dir.as_deref(), store, *tasks, a.base_url.as_deref()),
+        Some(TeachCommand::Finalize { store }) => return teach_finalize(store),
+        None => {}
+    }
+    if let Some(store) = &a.store {
+        return teach_task(a, store);
+    }
     let plan = match &a.run {
         Some(d) => plan_of_run(d)?,
-        None => plan_for(a.config.as_deref(), a.dir.as_deref())?,
+        None => {
+            let mut cfg = load_config(a.config.as_deref())?;
+            override_base_url(&mut cfg, a.base_url.as_deref())?;
+            let dir = RunDir::new(cfg.run_dir(a.dir.as_deref()));
+            Plan::resolve(cfg, dir)?
+        }
     };
     if a.cancel {
         return stages::teach::cancel(&plan);

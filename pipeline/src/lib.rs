@@ -13,6 +13,7 @@
 //!   contamination and the verdict, from stored predictions only;
 //! - [`report`]: markdown, HTML and plots;
 //! - [`model_id`]: every model a run compares, as a type;
+//! - [`tasks`]: the teach stage as N array tasks over storage by URL;
 //! - [`commands`] and [`cli`]: the command line.
 //!
 //! The crate graph is one-way: `datasets` ← `teacher`, `student` ← `pipeline`.
@@ -30,3 +31,4 @@ pub mod preflight;
 pub mod report;
 pub mod run_dir;
 pub mod stages;
+pub mod tasks;

@@ -4,7 +4,7 @@
 #[global_allocator]
 static GLOBAL: stepwise_student::alloc::MiMalloc = stepwise_student::alloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     stepwise_student::alloc::keep_freed_memory();
     stepwise_pipeline::cli::main()
 }

@@ -49,6 +49,18 @@ pub fn check(plan: &Plan, digests: &mut FileDigests, teacher: TeacherCheck) -> R
     check_student(plan)?;
 
     let teach = plan.teach_config(digests)?;
+    let needed = match teacher {
+        TeacherCheck::Always => true,
+        TeacherCheck::IfTeachHasWork => teach_has_work(plan, &data_identity, &teach),
+        TeacherCheck::Never => false,
+    };
+    check_teacher(plan, &teach, needed)?;
+    Ok(Checked { data_identity, teach })
+}
+
+/// A local gguf teacher's file is a chat model on a device that exists;
+/// with `reach`, an http teacher answers and its key variable is set.
+pub fn check_teacher(plan: &Plan, teach: &TeachConfig, reach: bool) -> Result<()> {
     if let Endpoint::Local {
         backend: LocalBackend::Gguf,
         gguf: Some(p),
@@ -64,18 +76,14 @@ pub fn check(plan: &Plan, digests: &mut FileDigests, teacher: TeacherCheck) -> R
         );
         stepwise_student::device::pick_device(device).context("teacher.device")?;
     }
-    let needed = match teacher {
-        TeacherCheck::Always => true,
-        TeacherCheck::IfTeachHasWork => teach_has_work(plan, &data_identity, &teach),
-    };
-    if needed && let Endpoint::Http { .. } = &plan.teacher.endpoint {
+    if reach && let Endpoint::Http { .. } = &plan.teacher.endpoint {
         let client = TeacherClient::new(teach.client.clone()).context("teacher.api_key_env")?;
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
             .block_on(client.preflight(REACH_TIMEOUT))?;
     }
-    Ok(Checked { data_identity, teach })
+    Ok(())
 }
 
 /// `student.init` is a model stepwise can load (its config and tokenizer,
@@ -96,6 +104,8 @@ pub fn check_student(plan: &Plan) -> Result<()> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TeacherCheck {
     Always,
+    /// Not asked at all (`teach plan`: the planning machine need not reach it).
+    Never,
     /// Only when the teach stage is not already done with this identity.
     IfTeachHasWork,
 }

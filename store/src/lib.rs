@@ -100,7 +100,10 @@ impl std::fmt::Display for Store {
 /// True when `s` names a store by URL rather than a plain path.
 pub fn is_url(s: &str) -> bool {
     s.split_once("://").is_some_and(|(scheme, _)| {
-        !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-')
+        !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-')
     })
 }
 
@@ -318,14 +321,25 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes `key`; removing what is not there is not an error.
+    /// Removes `key`; removing what is not there is not an error. On a
+    /// local store, the folders it leaves empty go too (an object store has
+    /// no folders to leave behind).
     pub fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key);
         let inner = self.inner.clone();
         match block(async move { inner.delete(&path).await }) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.backend(key)(e)),
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(self.backend(key)(e)),
         }
+        if let Some(root) = &self.local {
+            let mut dir = root.join(key.trim_start_matches('/'));
+            while dir.pop() && dir.starts_with(root) && dir != *root {
+                if std::fs::remove_dir(&dir).is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -396,6 +410,17 @@ mod tests {
         );
         assert!(b.child("x").exists("y/z.txt").unwrap());
         assert_eq!(b.child("x").list("").unwrap()[0].key, "y/z.txt");
+    }
+
+    #[test]
+    fn deleting_the_last_object_of_a_local_folder_removes_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path().to_str().unwrap()).unwrap();
+        s.put("a/b/c.txt", "1").unwrap();
+        s.put("a/d.txt", "2").unwrap();
+        s.delete("a/b/c.txt").unwrap();
+        assert!(!dir.path().join("a/b").exists());
+        assert!(dir.path().join("a/d.txt").exists());
     }
 
     #[test]

@@ -70,7 +70,10 @@ pub struct RunArgs {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct TeachArgs {
+    #[command(subcommand)]
+    pub command: Option<TeachCommand>,
     /// A stepwise.toml (as for `run`).
     #[arg(conflicts_with = "run")]
     pub config: Option<PathBuf>,
@@ -87,6 +90,49 @@ pub struct TeachArgs {
     /// what they answered) and wait until each has stopped.
     #[arg(long, conflicts_with = "dry_run")]
     pub cancel: bool,
+    /// Run as one array task of the plan at this root (a path, file://,
+    /// s3://, gs:// or az://; written by `stepwise teach plan`): the task's
+    /// slice in local scratch, then its shards uploaded and committed.
+    #[arg(long, conflicts_with_all = ["run", "dir", "dry_run", "cancel"])]
+    pub store: Option<String>,
+    /// The task index (default: SLURM_ARRAY_TASK_ID, then JOB_COMPLETION_INDEX).
+    #[arg(long, requires = "store")]
+    pub task: Option<u32>,
+    /// Local scratch for the task's crash-safe stage (default: STEPWISE_SCRATCH,
+    /// then the temporary directory). A task resubmitted on the same machine
+    /// resumes from it without asking again.
+    #[arg(long, requires = "store")]
+    pub scratch: Option<PathBuf>,
+    /// Ask this OpenAI-compatible server instead of the config's
+    /// `teacher.base_url` (a task's own local server); not part of any identity.
+    #[arg(long)]
+    pub base_url: Option<String>,
+}
+
+/// `stepwise teach plan|finalize`: the two steps around the array tasks.
+#[derive(Subcommand)]
+pub enum TeachCommand {
+    /// Split the teach stage into N array tasks: run the data stage, upload
+    /// the examples and write plan/teach.json create-only under the root.
+    Plan {
+        /// A stepwise.toml (as for `run`); the workers must get the same one.
+        config: Option<PathBuf>,
+        /// Local run directory for the data stage (default: runs/<run.name>).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The shared root: a path, file://, s3://, gs:// or az://.
+        #[arg(long)]
+        store: String,
+        /// How many array tasks.
+        #[arg(long)]
+        tasks: u32,
+    },
+    /// Check every task's commit and write teach/_manifest.json create-only;
+    /// missing tasks are named and the exit status is 3.
+    Finalize {
+        #[arg(long)]
+        store: String,
+    },
 }
 
 #[derive(Args)]
@@ -170,8 +216,19 @@ pub struct ExportArgs {
     pub gguf_type: stepwise_student::gguf_export::GgufType,
 }
 
-/// Parses the command line and runs the command.
-pub fn main() -> anyhow::Result<()> {
+/// Parses the command line and runs the command; a failure's exit status is
+/// [`crate::tasks::exit_code`]'s.
+pub fn main() -> std::process::ExitCode {
+    match dispatch() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::from(crate::tasks::exit_code(&e))
+        }
+    }
+}
+
+fn dispatch() -> anyhow::Result<()> {
     let cli = Cli::parse();
     crate::commands::init_logging(cli.log_json);
     match cli.command {

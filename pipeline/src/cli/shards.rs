@@ -35,6 +35,21 @@ pub enum ShardsCommand {
         #[arg(long, default_value_t = 100_000)]
         rows_per_shard: usize,
     },
+    /// Copy a finalized teach root's shards (a path, file://, s3://, gs://,
+    /// az://) into a local shard directory, checking every sha256.
+    Pull {
+        store: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Remove the attempt folders of committed array tasks that their commit
+    /// does not name (left by duplicate or retried workers).
+    Gc {
+        store: String,
+        /// Say what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 pub fn run(cmd: ShardsCommand) -> Result<()> {
@@ -103,6 +118,32 @@ pub fn run(cmd: ShardsCommand) -> Result<()> {
             }
             out.flush()?;
             tracing::info!(rows = rows.len(), "exported");
+            Ok(())
+        }
+        ShardsCommand::Pull { store, out } => {
+            let store = stepwise_store::Store::open(&store)?;
+            let m = crate::tasks::pull(&store, &out)?;
+            println!(
+                "pulled {} rows in {} shard(s) from {store} into {}",
+                m.total_rows,
+                m.shards.len(),
+                out.display()
+            );
+            Ok(())
+        }
+        ShardsCommand::Gc { store, dry_run } => {
+            let store = stepwise_store::Store::open(&store)?;
+            let g = crate::tasks::gc(&store, dry_run)?;
+            for a in &g.removed_attempts {
+                println!("{} {a}", if dry_run { "would remove" } else { "removed" });
+            }
+            println!(
+                "shards gc: {} unreferenced attempt(s) ({} object(s)) {}; {} kept",
+                g.removed_attempts.len(),
+                g.removed_objects,
+                if dry_run { "found" } else { "removed" },
+                g.kept_attempts
+            );
             Ok(())
         }
         ShardsCommand::Merge {

@@ -237,7 +237,11 @@ fn time_estimate(model: &dyn ChatModel, batch: usize, tc: &TeachConfig, todo: &[
 }
 
 pub fn run(plan: &Plan, tc: TeachConfig) -> Result<()> {
-    let examples = examples(plan)?;
+    run_on(plan, tc, examples(plan)?)
+}
+
+/// The stage on `examples` only (an array task's slice: [`crate::tasks`]).
+pub fn run_on(plan: &Plan, tc: TeachConfig, examples: Vec<Example>) -> Result<()> {
     let identity = tc.stage_identity(&examples);
     if is_done(&plan.dir, Stage::Teach, &identity) {
         tracing::info!("teach: up to date, skipped");
