@@ -72,6 +72,7 @@ fn teach_plan(config: Option<&Path>, dir: Option<&Path>, url: &str, n: u32, base
     if n == 0 {
         return Err(ConfigError("--tasks 0: at least one task".into()).into());
     }
+    let started = Instant::now();
     let store = open_store(url)?;
     let mut cfg = load_config(config).map_err(config_error)?;
     override_base_url(&mut cfg, base_url).map_err(config_error)?;
@@ -102,7 +103,7 @@ fn teach_plan(config: Option<&Path>, dir: Option<&Path>, url: &str, n: u32, base
     };
     let sizes: Vec<usize> = tp.tasks.iter().map(|t| t.example_ids.len()).collect();
     println!(
-        "teach plan: {} examples in {n} task(s) of {} to {} ({}) at {}; identity {}",
+        "teach plan: {} examples in {n} task(s) of {} to {} ({}) at {}; identity {}; {:.3} s",
         examples.len(),
         sizes.iter().min().unwrap_or(&0),
         sizes.iter().max().unwrap_or(&0),
@@ -111,7 +112,8 @@ fn teach_plan(config: Option<&Path>, dir: Option<&Path>, url: &str, n: u32, base
             stepwise_store::Created::Exists => "already there, unchanged",
         },
         store.url_of(tasks::PLAN),
-        identity
+        identity,
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }
@@ -202,6 +204,7 @@ fn teach_task(a: &TeachArgs, url: &str) -> Result<()> {
     }
     preflight::check_teacher(&plan, &tc, true)?;
     write_config(&plan)?;
+    let t = Instant::now();
     tasks::download_examples(&store, &tp, &plan.dir.examples())?;
     let ids: std::collections::HashSet<&str> = slice.example_ids.iter().map(String::as_str).collect();
     let examples: Vec<_> = stages::teach::examples(&plan)?
@@ -216,15 +219,24 @@ fn teach_task(a: &TeachArgs, url: &str) -> Result<()> {
             store.url_of(tasks::EXAMPLES)
         );
     }
+    let fetch_s = t.elapsed().as_secs_f64();
     tracing::info!(task = index, examples = examples.len(), scratch = %scratch.display(), "teach task");
+    let t = Instant::now();
     stages::teach::run_on(&plan, tc, examples)?;
-    match tasks::commit(&store, &tp, index, &plan.dir.shards())? {
+    let teach_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let outcome = tasks::commit(&store, &tp, index, &plan.dir.shards())?;
+    let commit_s = t.elapsed().as_secs_f64();
+    match outcome {
         tasks::CommitOutcome::Committed(c) => println!(
-            "teach task {index}: committed attempt {} ({} rows in {} file(s)) at {}",
+            "teach task {index}: committed attempt {} ({} rows in {} file(s)) at {}; examples fetched in {:.3} s, taught in {:.3} s, uploaded and committed in {:.3} s",
             c.attempt,
             c.rows,
             c.files.len(),
-            teach_root.url_of(&format!("_commits/{index}.json"))
+            teach_root.url_of(&format!("_commits/{index}.json")),
+            fetch_s,
+            teach_s,
+            commit_s
         ),
         tasks::CommitOutcome::Lost { winner, attempt } => println!(
             "teach task {index}: attempt {} committed first; this attempt's files (tasks/{index}/attempts/{attempt}) are unreferenced (`stepwise shards gc {url}` removes them)",
@@ -236,17 +248,19 @@ fn teach_task(a: &TeachArgs, url: &str) -> Result<()> {
 
 /// `stepwise teach finalize`.
 fn teach_finalize(url: &str) -> Result<()> {
+    let t = Instant::now();
     let store = open_store(url)?;
     let f = tasks::finalize(&store)?;
     println!(
-        "teach finalize: {} rows of {} examples in {} file(s){} at {}",
+        "teach finalize: {} rows of {} examples in {} file(s){} at {} in {:.3} s",
         f.manifest.total_rows,
         f.examples,
         f.manifest.shards.len(),
         if f.already { ", already finalized" } else { "" },
         store
             .child(tasks::TEACH)
-            .url_of(stepwise_datasets::shard::MANIFEST_FILE)
+            .url_of(stepwise_datasets::shard::MANIFEST_FILE),
+        t.elapsed().as_secs_f64()
     );
     Ok(())
 }
@@ -383,7 +397,10 @@ pub fn train(dir: &Path, only: Option<Variant>) -> Result<()> {
     preflight::check_student(&plan)?;
     let mut digests = plan.digests();
     stages::train::run(&plan, only, &mut digests)?;
-    digests.save()?;
+    // Under MPI, rank 0 alone writes.
+    if stepwise_student::dist::rank_and_size().0 == 0 {
+        digests.save()?;
+    }
     Ok(())
 }
 

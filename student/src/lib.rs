@@ -23,6 +23,7 @@
 pub mod alloc;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod generate;
 pub mod gguf;

@@ -16,6 +16,7 @@ use stepwise_datasets::LabelKind;
 use stepwise_datasets::answer::labels_match;
 
 use crate::data::{DataOrder, Sequence, StudyExample, Task, prompt, tokenize};
+use crate::dist::Collective;
 use crate::error::{Result, StudentError, io};
 use crate::generate::generate;
 use crate::optim::{AdamW, AdamWConfig, Grads, accumulate, clip_global_norm, lr_at};
@@ -243,9 +244,30 @@ pub fn train(
     train_set: &[StudyExample],
     val_set: &[ValExample],
     dtype: DType,
+    on_step: impl FnMut(&LogLine),
+) -> Result<TrainSummary> {
+    crate::dist::with_world(|w| train_with(w, out, student, cfg, train_set, val_set, dtype, on_step))
+}
+
+/// [`train`] as one rank of `world` ([`crate::dist`]): this rank's share of
+/// each step's micro-batches, the sums all-reduced before clipping; rank 0
+/// alone writes the log, checkpoints, `best/` and `final/`, and validates.
+#[allow(clippy::too_many_arguments)]
+pub fn train_with(
+    world: &dyn Collective,
+    out: &Path,
+    student: &mut Student,
+    cfg: &TrainConfig,
+    train_set: &[StudyExample],
+    val_set: &[ValExample],
+    dtype: DType,
     mut on_step: impl FnMut(&LogLine),
 ) -> Result<TrainSummary> {
     cfg.validate()?;
+    let (rank, size) = (world.rank(), world.size());
+    let writer = rank == 0;
+    // Every rank sees the checkpoints rank 0 finished writing.
+    world.barrier();
     if train_set.is_empty() {
         return Err(StudentError::Config("the training set is empty".into()));
     }
@@ -302,32 +324,48 @@ pub fn train(
         tracing::info!(step, dir = %dir.display(), "resuming from checkpoint");
     }
     let log_path = out.join("metrics.jsonl");
-    truncate_log(&log_path, state.step)?;
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(io(&log_path))?;
+    // A run resumed at its last step trains no more: its last loss is the log's.
+    let mut last_loss = if log_path.exists() {
+        read_log(&log_path)?
+            .iter()
+            .rev()
+            .find(|l| l.kind == "train" && l.step <= state.step)
+            .map_or(f64::NAN, |l| l.loss)
+    } else {
+        f64::NAN
+    };
+    world.barrier();
+    let mut log = if writer {
+        truncate_log(&log_path, state.step)?;
+        Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .map_err(io(&log_path))?,
+        )
+    } else {
+        None
+    };
     let mut write_log = |line: &LogLine| -> Result<()> {
-        writeln!(log, "{}", serde_json::to_string(line).expect("log line serialises")).map_err(io(&log_path))
+        match log.as_mut() {
+            Some(log) => {
+                writeln!(log, "{}", serde_json::to_string(line).expect("log line serialises")).map_err(io(&log_path))
+            }
+            None => Ok(()),
+        }
     };
 
     let mut order = DataOrder::new(seqs.len(), cfg.seed);
     let started = Instant::now();
     let tokens_at_start = state.tokens_seen;
-    // A run resumed at its last step trains no more: its last loss is the log's.
-    let mut last_loss = read_log(&log_path)?
-        .iter()
-        .rev()
-        .find(|l| l.kind == "train")
-        .map_or(f64::NAN, |l| l.loss);
     for step in state.step + 1..=cfg.steps {
         let lr = lr_at(step, cfg.optimizer.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio);
         let mut grads: Grads = Grads::new();
-        let (mut loss_sum, mut label_sum, mut rat_sum, mut rat_n) = (0.0, 0.0, 0.0, 0);
-        for micro in 0..cfg.grad_accum {
+        let (mut loss_sum, mut label_sum, mut rat_sum, mut rat_n, mut tokens) = (0.0, 0.0, 0.0, 0, 0u64);
+        for micro in crate::dist::my_micro_batches(cfg.grad_accum, rank, size) {
             let batch = micro_batch(&seqs, &mut order, cfg, step, micro);
-            state.tokens_seen += batch.iter().map(|s| s.ids.len() as u64).sum::<u64>();
+            tokens += batch.iter().map(|s| s.ids.len() as u64).sum::<u64>();
             let residual = if step >= cfg.dropout_from_step {
                 cfg.dropout
             } else {
@@ -346,6 +384,14 @@ pub fn train(
                 rat_n += 1;
             }
         }
+        if size > 1 {
+            all_reduce_grads(world, &mut grads, student.trainable());
+            let mut counters = [loss_sum, label_sum, rat_sum, rat_n as f64, tokens as f64];
+            world.sum_f64(&mut counters);
+            [loss_sum, label_sum, rat_sum] = [counters[0], counters[1], counters[2]];
+            (rat_n, tokens) = (counters[3].round() as usize, counters[4].round() as u64);
+        }
+        state.tokens_seen += tokens;
         let grad_norm = clip_global_norm(&mut grads, cfg.clip_norm);
         opt.step(student.trainable(), &grads, lr)?;
         let k = cfg.grad_accum as f64;
@@ -373,10 +419,12 @@ pub fn train(
             epochs: Some(epochs),
         };
         write_log(&line)?;
-        on_step(&line);
+        if writer {
+            on_step(&line);
+        }
         state.step = step;
 
-        if !val_set.is_empty() && (step % cfg.eval_every.max(1) == 0 || step == cfg.steps) {
+        if writer && !val_set.is_empty() && (step % cfg.eval_every.max(1) == 0 || step == cfg.steps) {
             let (val_loss, acc) = validate(student, cfg, &val_seqs, val_set, dtype)?;
             let line = LogLine {
                 step,
@@ -403,7 +451,7 @@ pub fn train(
                 student.save_dir(&out.join("best"))?;
             }
         }
-        if cfg.is_checkpoint_step(step) {
+        if writer && cfg.is_checkpoint_step(step) {
             save_checkpoint(out, student, &opt, &state)?;
             if cfg.keep_checkpoints > 0 {
                 prune_checkpoints(out, cfg.keep_checkpoints)?;
@@ -411,11 +459,14 @@ pub fn train(
         }
     }
     let final_dir = out.join("final");
-    if out.join("best").exists() {
+    if !writer {
+    } else if out.join("best").exists() {
         copy_dir(&out.join("best"), &final_dir)?;
     } else {
         student.save_dir(&final_dir)?;
     }
+    // No rank goes on before `final/` is there.
+    world.barrier();
     let seconds = started.elapsed().as_secs_f64();
     let tokens = state.tokens_seen - tokens_at_start;
     let summary = TrainSummary {
@@ -433,6 +484,29 @@ pub fn train(
         trainable_parameters: student.trainable().num_parameters(),
     };
     Ok(summary)
+}
+
+/// Sums every rank's gradient sums, in place: one flat buffer in the
+/// trainable parameters' order, zeros where a rank computed no micro-batch.
+fn all_reduce_grads(world: &dyn Collective, grads: &mut Grads, params: &crate::params::ParamStore) {
+    let shapes: Vec<(String, usize)> = params
+        .vars()
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().elem_count()))
+        .collect();
+    let mut flat = Vec::with_capacity(shapes.iter().map(|s| s.1).sum());
+    for (name, n) in &shapes {
+        match grads.get(name) {
+            Some(g) => flat.extend_from_slice(g),
+            None => flat.extend(std::iter::repeat_n(0.0, *n)),
+        }
+    }
+    world.sum_f32(&mut flat);
+    let mut at = 0;
+    for (name, n) in shapes {
+        grads.insert(name, flat[at..at + n].to_vec());
+        at += n;
+    }
 }
 
 /// The sequences of micro-batch `micro` of optimisation step `step`

@@ -231,6 +231,14 @@ pub fn main() -> std::process::ExitCode {
 fn dispatch() -> anyhow::Result<()> {
     let cli = Cli::parse();
     crate::commands::init_logging(cli.log_json);
+    // Under mpirun/srun: the world the trainer reduces over (held to the end).
+    let _world = stepwise_student::dist::init()?;
+    let (_, size) = stepwise_student::dist::rank_and_size();
+    if size > 1 && !matches!(cli.command, Command::Train(_)) {
+        anyhow::bail!(
+            "launched as {size} MPI processes: only `stepwise train --run DIR` trains data-parallel; run the other stages once"
+        );
+    }
     match cli.command {
         Command::Run(a) => crate::commands::run(a.config.as_deref(), a.dir.as_deref()),
         Command::Init { path } => crate::commands::init(path),

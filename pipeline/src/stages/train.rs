@@ -130,8 +130,11 @@ fn scratch_tokenizer(
         return Ok((StudentTokenizer::load(&path)?, identity));
     }
     let tok = StudentTokenizer::train_bpe(texts.iter(), vocab_size)?;
-    tok.save(&path)?;
-    stepwise_datasets::atomic::write_bytes(&id_path, identity.as_bytes())?;
+    // Under MPI every rank trains the same tokenizer (it is deterministic); rank 0 writes it.
+    if is_writer() {
+        tok.save(&path)?;
+        stepwise_datasets::atomic::write_bytes(&id_path, identity.as_bytes())?;
+    }
     Ok((tok, identity))
 }
 
@@ -230,8 +233,25 @@ fn read_record(p: &Path) -> Option<StudentRecord> {
 
 /// Trains every student of the plan (or only those of `only`), keeping the
 /// ones whose identity is unchanged and finished.
+/// Rank 0 of the training processes (the only one, without MPI): the one
+/// that writes.
+fn is_writer() -> bool {
+    stepwise_student::dist::rank_and_size().0 == 0
+}
+
+/// Waits for every training process (a no-op without MPI).
+fn barrier() {
+    stepwise_student::dist::with_world(|w| w.barrier());
+}
+
+/// The train stage. Launched by `mpirun -np R` or `srun -n R` (built with
+/// `--features mpi`), every process runs it and trains each student
+/// data-parallel ([`stepwise_student::dist`]); rank 0 alone writes, and the
+/// others wait for its writes before reading a decision from disk.
 pub fn run(plan: &Plan, only: Option<Variant>, digests: &mut FileDigests) -> Result<()> {
     let dir = &plan.dir;
+    let writer = is_writer();
+    barrier();
     let prep = prepare(plan, digests)?;
     let device = pick_device(&plan.students.device)?;
     let dtype = compute_dtype(&device);
@@ -240,7 +260,7 @@ pub fn run(plan: &Plan, only: Option<Variant>, digests: &mut FileDigests) -> Res
         identity: prep.base_identity.clone(),
         examples: 0,
     };
-    if read_record(&dir.base_identity()).as_ref() != Some(&base_record) {
+    if writer && read_record(&dir.base_identity()).as_ref() != Some(&base_record) {
         let base = base_student(plan, &prep.tokenizer, &device)?;
         stepwise_datasets::atomic::replace_dir(&base_dir, |tmp| {
             base.write_files(tmp)?;
@@ -262,20 +282,31 @@ pub fn run(plan: &Plan, only: Option<Variant>, digests: &mut FileDigests) -> Res
             identity: identity.clone(),
             examples: data.len(),
         };
-        match read_record(&dir.student_identity(*s)) {
-            Some(r) if r == record && dir.student_summary(*s).exists() && dir.student_final(*s).exists() => {
-                tracing::info!(student = %name, "train: up to date, skipped");
+        // Every rank reads what rank 0 finished writing, and decides before it writes again.
+        barrier();
+        let recorded = read_record(&dir.student_identity(*s));
+        let up_to_date = dir.student_summary(*s).exists() && dir.student_final(*s).exists();
+        barrier();
+        if !writer {
+            if recorded.as_ref() == Some(&record) && up_to_date {
                 continue;
             }
-            Some(r) if r != record => {
-                tracing::info!(student = %name, from = %r.identity, to = %record.identity,
+        } else {
+            match recorded {
+                Some(r) if r == record && up_to_date => {
+                    tracing::info!(student = %name, "train: up to date, skipped");
+                    continue;
+                }
+                Some(r) if r != record => {
+                    tracing::info!(student = %name, from = %r.identity, to = %record.identity,
                     "train: the training run changed; training this student again");
-                clear_for_retraining(&out)?;
+                    clear_for_retraining(&out)?;
+                }
+                _ => {}
             }
-            _ => {}
+            std::fs::create_dir_all(&out)?;
+            stepwise_datasets::atomic::write_bytes(&dir.student_identity(*s), &serde_json::to_vec_pretty(&record)?)?;
         }
-        std::fs::create_dir_all(&out)?;
-        stepwise_datasets::atomic::write_bytes(&dir.student_identity(*s), &serde_json::to_vec_pretty(&record)?)?;
         let mut student = base_student(plan, &prep.tokenizer, &device)?;
         if let (Some(lora), Start::Pretrained(init)) = (&plan.students.lora, &plan.students.start) {
             // The adapter directory names its base by absolute path, so it
@@ -284,10 +315,14 @@ pub fn run(plan: &Plan, only: Option<Variant>, digests: &mut FileDigests) -> Res
             student = student.with_lora(lora, &init, plan.seed)?;
         }
         let cfg = &plan.students.train;
-        let pb = bar(
-            cfg.steps,
-            "{prefix:>14} [{bar:30}] {pos}/{len} steps {msg} ({elapsed}<{eta})",
-        );
+        let pb = if writer {
+            bar(
+                cfg.steps,
+                "{prefix:>14} [{bar:30}] {pos}/{len} steps {msg} ({elapsed}<{eta})",
+            )
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         pb.set_prefix(name.clone());
         let summary = train(&out, &mut student, cfg, data, &prep.val, dtype, |l: &LogLine| {
             if l.kind == "train" {
@@ -304,9 +339,12 @@ pub fn run(plan: &Plan, only: Option<Variant>, digests: &mut FileDigests) -> Res
         })?;
         pb.finish_and_clear();
         tracing::info!(student = %name, examples = data.len(), ?summary, "train: student trained");
-        stepwise_datasets::atomic::write_bytes(&dir.student_summary(*s), &serde_json::to_vec_pretty(&summary)?)?;
+        if writer {
+            stepwise_datasets::atomic::write_bytes(&dir.student_summary(*s), &serde_json::to_vec_pretty(&summary)?)?;
+        }
     }
-    if only.is_none() {
+    barrier();
+    if writer && only.is_none() {
         mark_done(dir, Stage::Train, &identity(&prep, &runs))?;
     }
     Ok(())
