@@ -444,6 +444,47 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
 /// them), merges adapters for the formats that hold whole weights, writes.
 pub fn export(a: &ExportArgs) -> Result<()> {
     let s = Student::load(&a.model, &candle_core::Device::Cpu).with_context(|| a.model.display().to_string())?;
+    // To a URL: written here first, then uploaded.
+    let staging = stepwise_store::is_url(&a.out)
+        .then(|| std::env::temp_dir().join(format!(".stepwise-export-{}", tasks::attempt_id())));
+    let out = match &staging {
+        Some(dir) => dir.join(a.out.trim_end_matches('/').rsplit('/').next().unwrap_or("model")),
+        None => PathBuf::from(&a.out),
+    };
+    let result = export_to(a, &s, &out).and_then(|()| match &staging {
+        Some(_) => upload_export(&out, &a.out),
+        None => Ok(()),
+    });
+    if let Some(dir) = &staging {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result?;
+    println!("{}: {:?} export written", a.out, a.format);
+    Ok(())
+}
+
+/// Uploads an export written at `local` (a file or a directory of files) to `url`.
+fn upload_export(local: &Path, url: &str) -> Result<()> {
+    let url = url.trim_end_matches('/');
+    if local.is_dir() {
+        let store = Store::open(url)?;
+        let mut names: Vec<_> = std::fs::read_dir(local)?.flatten().map(|e| e.file_name()).collect();
+        names.sort();
+        for n in names {
+            let name = n.to_string_lossy();
+            store.put_file(&name, &local.join(&*name), false)?;
+        }
+    } else {
+        let (parent, name) = url.rsplit_once('/').context("an export URL names a file")?;
+        Store::open(parent)?.put_file(name, local, false)?;
+    }
+    Ok(())
+}
+
+fn export_to(a: &ExportArgs, s: &Student, out: &Path) -> Result<()> {
+    if let Some(p) = out.parent() {
+        std::fs::create_dir_all(p).with_context(|| p.display().to_string())?;
+    }
     match a.format {
         ExportFormat::Peft => {
             if s.adapters.is_none() {
@@ -452,14 +493,13 @@ pub fn export(a: &ExportArgs) -> Result<()> {
                     a.model.display()
                 );
             }
-            s.save_dir(&a.out)?;
+            s.save_dir(out)?;
         }
-        ExportFormat::Hf => s.merged()?.save_dir(&a.out)?,
+        ExportFormat::Hf => s.merged()?.save_dir(out)?,
         ExportFormat::Gguf => {
-            let summary = stepwise_student::gguf_export::export_gguf(&s.merged()?, &a.out, a.gguf_type)?;
+            let summary = stepwise_student::gguf_export::export_gguf(&s.merged()?, out, a.gguf_type)?;
             tracing::info!(?summary, "export: gguf written");
         }
     }
-    println!("{}: {:?} export written", a.out.display(), a.format);
     Ok(())
 }

@@ -468,3 +468,74 @@ print(json.dumps({"mode": spec["completionMode"], "per_index": spec["backoffLimi
         "the index comes from JOB_COMPLETION_INDEX: {args:?}"
     );
 }
+
+/// `stepwise export --out URL`: the same files as a local export, on
+/// `file://` and on `moto_server` S3.
+#[test]
+fn an_export_to_a_url_holds_the_files_of_a_local_export() {
+    let Some(bin) = common::moto_server() else { return };
+    let (_moto, endpoint) = common::start_moto(&bin, "models");
+    let dir = tempfile::tempdir().unwrap();
+    let texts = ["add 1 2 is 3", "add 4 5 is 9", "So the answer is 7."];
+    let tok = stepwise_student::StudentTokenizer::train_bpe(texts.iter(), 64).unwrap();
+    let model = dir.path().join("model");
+    stepwise_student::Student::from_scratch(
+        stepwise_student::Config::tiny(0, 16, 1, 2, 1),
+        tok,
+        1,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+    .save_dir(&model)
+    .unwrap();
+    let export = |format: &str, out: &str| {
+        let o = Command::new(BIN)
+            .args(["export", model.to_str().unwrap(), "--format", format, "--out", out])
+            .envs(common::s3_env(&endpoint))
+            .output()
+            .unwrap();
+        ok(&o);
+    };
+    let local = dir.path().join("local");
+    export("hf", local.to_str().unwrap());
+    export("hf", &format!("file://{}/remote", dir.path().display()));
+    export("hf", "s3://models/students/tiny");
+    export("gguf", dir.path().join("tiny.gguf").to_str().unwrap());
+    export("gguf", "s3://models/students/tiny.gguf");
+    for name in ["config.json", "model.safetensors", "tokenizer.json"] {
+        let want = std::fs::read(local.join(name)).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("remote").join(name)).unwrap(),
+            want,
+            "{name} on file://"
+        );
+    }
+    // Read the S3 objects back with the official client (boto3, which moto ships with).
+    let script = "import boto3, hashlib, sys\n\
+s3 = boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id='k', aws_secret_access_key='s', region_name='us-east-1')\n\
+for k in sys.argv[2:]:\n    print(k, hashlib.sha256(s3.get_object(Bucket='models', Key=k)['Body'].read()).hexdigest())\n";
+    let keys = [
+        "students/tiny/config.json",
+        "students/tiny/model.safetensors",
+        "students/tiny/tokenizer.json",
+        "students/tiny.gguf",
+    ];
+    let o = Command::new(common::python())
+        .arg("-c")
+        .arg(script)
+        .arg(&endpoint)
+        .args(keys)
+        .output()
+        .unwrap();
+    let got = ok(&o);
+    for (key, file) in keys.iter().zip([
+        local.join("config.json"),
+        local.join("model.safetensors"),
+        local.join("tokenizer.json"),
+        dir.path().join("tiny.gguf"),
+    ]) {
+        use sha2::Digest;
+        let want = hex::encode(sha2::Sha256::digest(std::fs::read(&file).unwrap()));
+        assert!(got.contains(&format!("{key} {want}")), "{key}: {got}");
+    }
+}

@@ -208,9 +208,11 @@ pub struct ExportArgs {
     pub model: PathBuf,
     #[arg(long, value_enum)]
     pub format: ExportFormat,
-    /// The directory (hf, peft) or file (gguf) to write; replaced atomically.
+    /// The directory (hf, peft) or file (gguf) to write; replaced
+    /// atomically. A URL (file://, s3://, gs://, az://) uploads it there:
+    /// each file written whole, the directory's files one by one.
     #[arg(long)]
-    pub out: PathBuf,
+    pub out: String,
     /// GGUF tensor type: f16, q8_0 or q4_k_m.
     #[arg(long = "type", default_value = "f16")]
     pub gguf_type: stepwise_student::gguf_export::GgufType,
