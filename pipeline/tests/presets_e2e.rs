@@ -215,13 +215,12 @@ fn made_up_facts(path: &Path, n: usize, seed: u64) {
 fn facts(file: &Path, test_fraction: f64, why: bool) -> String {
     let rationale = if why { ",rationale=why" } else { "" };
     format!(
-        "[data]\nsource = \"files\"\nfiles = [{:?}]\nmap = \"input=question,label=answer,kind=text{rationale},task=facts\"\nval_fraction = 0.05\ntest_fraction = {test_fraction}\n[teacher]\nbackend = \"gold\"\n[eval]\nrationale_tokens = 40\n",
+        "[data]\nsource = \"files\"\nfiles = [{:?}]\nmap = \"input=question,label=answer,kind=text{rationale},task=facts\"\nval_fraction = 0.05\ntest_fraction = {test_fraction}\n[teacher]\nbackend = \"gold\"\n[eval]\nrationale_tokens = 96\n",
         file.to_str().unwrap()
     )
 }
 
 #[test]
-#[ignore = "not passing yet at CI size (issue 13): run with --ignored; 494 s for both"]
 fn facts_real_mechanics_the_style_converges_and_held_out_facts_do_not_move() {
     let tmp = tempfile::tempdir().unwrap();
     let (known, unseen) = (tmp.path().join("known.jsonl"), tmp.path().join("unseen.jsonl"));
