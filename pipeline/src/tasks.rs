@@ -62,7 +62,7 @@ impl std::fmt::Display for Incomplete {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} of {} task(s) have not committed: {}; resubmit them (Slurm: sbatch --array={} ...; Kubernetes: delete the failed indexes' pods or rerun the Job)",
+            "{} of {} task(s) have not committed: {}; resubmit them (Slurm: sbatch --array={} teach-array.sbatch; Kubernetes: apply the Indexed Job again, whose committed indexes exit at once), then finalize again",
             self.missing.len(),
             self.tasks,
             ranges(&self.missing, " "),
