@@ -97,7 +97,7 @@ fn teach_plan(config: Option<&Path>, dir: Option<&Path>, url: &str, n: u32, base
     let created = match TaskPlan::load(&store)? {
         Some(_) => tp.write(&store)?,
         None => {
-            tasks::upload_examples(&store, &plan.dir.examples())?;
+            tasks::upload_examples(&store, &tp, &plan.dir.examples())?;
             tp.write(&store)?
         }
     };
@@ -398,7 +398,7 @@ pub fn train(dir: &Path, only: Option<Variant>) -> Result<()> {
     let mut digests = plan.digests();
     stages::train::run(&plan, only, &mut digests)?;
     // Under MPI, rank 0 alone writes.
-    if stepwise_student::dist::rank_and_size().0 == 0 {
+    if stepwise_student::dist::is_writer() {
         digests.save()?;
     }
     Ok(())

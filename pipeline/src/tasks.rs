@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use stepwise_datasets::digest::{sha256_and_len, sha256_file};
 use stepwise_datasets::shard::{MANIFEST_FILE, Manifest, SCHEMA_VERSION, ShardInfo, read_shard_keys};
 use stepwise_store::{Created, Store};
 
@@ -257,12 +258,11 @@ impl TaskPlan {
 pub fn local_examples(dir: &Path) -> Result<Vec<StoredFile>> {
     let mut out = Vec::new();
     for n in parquet_names(dir)? {
-        let path = dir.join(&n);
-        let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
+        let (sha256, bytes) = sha256_and_len(&dir.join(&n))?;
         out.push(StoredFile {
             key: format!("{EXAMPLES}/{n}"),
-            bytes: bytes.len() as u64,
-            sha256: sha256(&bytes),
+            bytes,
+            sha256,
         });
     }
     Ok(out)
@@ -278,23 +278,23 @@ fn parquet_names(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Uploads every `*.parquet` of the local examples folder (before the plan
-/// is written: the plan names them by content).
-pub fn upload_examples(store: &Store, dir: &Path) -> Result<Vec<StoredFile>> {
-    let mut out = Vec::new();
-    for n in parquet_names(dir)? {
-        let path = dir.join(&n);
-        let bytes = std::fs::read(&path).with_context(|| path.display().to_string())?;
-        let key = format!("{EXAMPLES}/{n}");
-        let f = StoredFile {
-            key: key.clone(),
-            bytes: bytes.len() as u64,
-            sha256: sha256(&bytes),
-        };
-        store.put(&key, bytes)?;
-        out.push(f);
+/// Uploads the plan's examples from the local examples folder (before the
+/// plan is written: the plan names them by content).
+pub fn upload_examples(store: &Store, plan: &TaskPlan, dir: &Path) -> Result<()> {
+    for f in &plan.examples {
+        store.put_file(&f.key, &dir.join(file_name(&f.key)), false)?;
     }
-    Ok(out)
+    Ok(())
+}
+
+/// The last part of a `/`-separated key.
+fn file_name(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
+}
+
+/// True when `path` holds exactly the bytes with this sha256.
+fn has_digest(path: &Path, sha256: &str) -> bool {
+    sha256_file(path).is_ok_and(|d| d == sha256)
 }
 
 /// Fetches the plan's examples into `dir`, checking each against the plan
@@ -302,9 +302,8 @@ pub fn upload_examples(store: &Store, dir: &Path) -> Result<Vec<StoredFile>> {
 pub fn download_examples(store: &Store, plan: &TaskPlan, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
     for f in &plan.examples {
-        let name = f.key.rsplit('/').next().unwrap_or(&f.key);
-        let path = dir.join(name);
-        if std::fs::read(&path).is_ok_and(|b| sha256(&b) == f.sha256) {
+        let path = dir.join(file_name(&f.key));
+        if has_digest(&path, &f.sha256) {
             continue;
         }
         let bytes = store.get(&f.key)?;
@@ -615,7 +614,7 @@ pub fn pull(store: &Store, out: &Path) -> Result<Manifest> {
     for (k, s) in remote.shards.iter().enumerate() {
         let name = format!("part-{k:05}.parquet");
         let path = out.join(&name);
-        if !std::fs::read(&path).is_ok_and(|b| sha256(&b) == s.sha256) {
+        if !has_digest(&path, &s.sha256) {
             let bytes = teach.get(&s.file)?;
             if sha256(&bytes) != s.sha256 {
                 bail!("{}: sha256 does not match the manifest", teach.url_of(&s.file));

@@ -21,6 +21,16 @@ fn ok(c: &mut Command) -> String {
     t
 }
 
+/// `stepwise ARGS` as two MPI processes (as root, on this one machine).
+fn mpirun2(args: &[&str]) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["--allow-run-as-root", "--oversubscribe", "-np", "2", BIN])
+        .args(args)
+        // Containers often forbid the cross-memory attach of Open MPI's shared-memory transport.
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+    c
+}
+
 fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
     let s = stepwise_student::Student::load(dir, &candle_core::Device::Cpu).unwrap();
     s.params
@@ -49,18 +59,7 @@ fn two_mpi_ranks_train_a_run_as_one_process_does() {
     ok(Command::new(BIN).args(["teach", cfg.to_str().unwrap(), "--dir", one.to_str().unwrap()]));
     ok(Command::new("cp").arg("-r").arg(&one).arg(&two));
     ok(Command::new(BIN).args(["train", "--run", one.to_str().unwrap()]));
-    ok(Command::new("mpirun")
-        .args([
-            "--allow-run-as-root",
-            "--oversubscribe",
-            "-np",
-            "2",
-            BIN,
-            "train",
-            "--run",
-            two.to_str().unwrap(),
-        ])
-        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none"));
+    ok(&mut mpirun2(&["train", "--run", two.to_str().unwrap()]));
     for v in ["distill", "label-gold"] {
         let (a, b) = (
             weights(&one.join(format!("student/{v}/final"))),
@@ -90,20 +89,7 @@ fn two_mpi_ranks_train_a_run_as_one_process_does() {
         "the world size is no part of the identity"
     );
     // Other stages refuse to run on several processes.
-    let o = Command::new("mpirun")
-        .args([
-            "--allow-run-as-root",
-            "--oversubscribe",
-            "-np",
-            "2",
-            BIN,
-            "eval",
-            "--run",
-            two.to_str().unwrap(),
-        ])
-        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-        .output()
-        .unwrap();
+    let o = mpirun2(&["eval", "--run", two.to_str().unwrap()]).output().unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("only `stepwise train --run DIR` trains data-parallel"));
 }

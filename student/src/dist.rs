@@ -150,6 +150,16 @@ pub fn rank_and_size() -> (usize, usize) {
     with_world(|w| (w.rank(), w.size()))
 }
 
+/// Whether this process writes: rank 0 (the only one without MPI).
+pub fn is_writer() -> bool {
+    rank_and_size().0 == 0
+}
+
+/// Waits for every process of the world (a no-op alone).
+pub fn barrier() {
+    with_world(|w| w.barrier());
+}
+
 /// The micro-batches of a step that rank `rank` of `size` computes.
 pub fn my_micro_batches(grad_accum: usize, rank: usize, size: usize) -> impl Iterator<Item = usize> {
     (0..grad_accum).filter(move |m| m % size == rank)

@@ -459,11 +459,12 @@ pub fn train_with(
         }
     }
     let final_dir = out.join("final");
-    if !writer {
-    } else if out.join("best").exists() {
-        copy_dir(&out.join("best"), &final_dir)?;
-    } else {
-        student.save_dir(&final_dir)?;
+    if writer {
+        if out.join("best").exists() {
+            copy_dir(&out.join("best"), &final_dir)?;
+        } else {
+            student.save_dir(&final_dir)?;
+        }
     }
     // No rank goes on before `final/` is there.
     world.barrier();

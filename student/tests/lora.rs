@@ -17,6 +17,7 @@ use stepwise_student::train::{TrainConfig, ValExample, checkpoint_dir, read_log,
 use stepwise_student::{Model, ModelConfig, Student, StudentTokenizer};
 
 mod common;
+use common::toy::tokenizer;
 use common::{check, rand_tensor, without_gradient};
 
 fn project(y: &Tensor, seed: u64) -> candle_core::Result<Tensor> {
@@ -181,20 +182,6 @@ fn toy_op(n: usize, seed: u64, sub: bool) -> Vec<StudyExample> {
 
 fn toy(n: usize, seed: u64) -> Vec<StudyExample> {
     toy_op(n, seed, false)
-}
-
-fn tokenizer(examples: &[StudyExample]) -> StudentTokenizer {
-    let texts: Vec<String> = examples
-        .iter()
-        .flat_map(|e| {
-            [
-                prompt(Task::Label, &e.input),
-                e.label.clone(),
-                e.rationale.clone().unwrap_or_default(),
-            ]
-        })
-        .collect();
-    StudentTokenizer::train_bpe(texts.iter(), 96).unwrap()
 }
 
 fn lora_student(tok: &StudentTokenizer, seed: u64) -> Student {

@@ -8,45 +8,18 @@
 
 #![cfg(feature = "mpi")]
 
+mod common;
+
+use common::toy::{tokenizer, toy, weights};
 use std::path::Path;
 use std::process::Command;
 
 use candle_core::{DType, Device};
-use stepwise_student::data::{StudyExample, Task, prompt};
 use stepwise_student::train::{TrainConfig, checkpoint_dir, read_log, train};
 use stepwise_student::{Config, Student, StudentTokenizer};
 
 const WORKER_OUT: &str = "STEPWISE_MPI_WORKER_OUT";
 const TEST: &str = "two_ranks_reach_the_single_process_weights_and_resume_exactly";
-
-fn toy() -> Vec<StudyExample> {
-    (0..40u64)
-        .map(|i| {
-            let k = (i * 37 + 33) % 100;
-            let (a, b) = (k / 10, k % 10);
-            StudyExample {
-                id: format!("toy-{i}"),
-                input: format!("add {a} {b}"),
-                label: (a + b).to_string(),
-                rationale: Some(format!("{a} plus {b} is {}. So the answer is {}.", a + b, a + b)),
-            }
-        })
-        .collect()
-}
-
-fn tokenizer(examples: &[StudyExample]) -> StudentTokenizer {
-    let texts: Vec<String> = examples
-        .iter()
-        .flat_map(|e| {
-            [
-                prompt(Task::Label, &e.input),
-                e.label.clone(),
-                e.rationale.clone().unwrap_or_default(),
-            ]
-        })
-        .collect();
-    StudentTokenizer::train_bpe(texts.iter(), 96).unwrap()
-}
 
 fn cfg() -> TrainConfig {
     TrainConfig {
@@ -69,20 +42,12 @@ fn fresh(tok: &StudentTokenizer, seed: u64) -> Student {
 
 /// One training run into `out` with whatever world this process is in.
 fn train_into(out: &Path, seed: u64) -> Option<u64> {
-    let data = toy();
+    let data = toy(40, 3);
     let tok = tokenizer(&data);
     let mut s = fresh(&tok, seed);
     train(out, &mut s, &cfg(), &data, &[], DType::F32, |_| {})
         .unwrap()
         .resumed_from
-}
-
-fn weights(s: &Student) -> Vec<(String, Vec<f32>)> {
-    s.params
-        .vars()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
-        .collect()
 }
 
 fn final_weights(dir: &Path) -> Vec<(String, Vec<f32>)> {

@@ -1,6 +1,9 @@
 //! The trainer end to end on toy data: it learns, resumes exactly, saves a
 //! directory that reloads to the same logits, and decodes batches as singles.
 
+mod common;
+
+use common::toy::{tokenizer, toy, weights};
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -10,37 +13,6 @@ use stepwise_student::generate::generate;
 use stepwise_student::params::ParamStore;
 use stepwise_student::train::{LogLine, TrainConfig, ValExample, checkpoint_dir, read_log, train};
 use stepwise_student::{Config, Model, ModelConfig, Student, StudentTokenizer, T5Config};
-
-/// "add 3 4" -> "7", with a rationale that spells the step out; all 100
-/// digit pairs, in an order fixed by `seed`.
-fn toy(n: usize, seed: u64) -> Vec<StudyExample> {
-    (0..n)
-        .map(|i| {
-            let k = (i as u64 * 37 + seed * 11) % 100;
-            let (a, b) = (k / 10, k % 10);
-            StudyExample {
-                id: format!("toy-{seed}-{i}"),
-                input: format!("add {a} {b}"),
-                label: (a + b).to_string(),
-                rationale: Some(format!("{a} plus {b} is {}. So the answer is {}.", a + b, a + b)),
-            }
-        })
-        .collect()
-}
-
-fn tokenizer(examples: &[StudyExample]) -> StudentTokenizer {
-    let texts: Vec<String> = examples
-        .iter()
-        .flat_map(|e| {
-            [
-                prompt(Task::Label, &e.input),
-                e.label.clone(),
-                e.rationale.clone().unwrap_or_default(),
-            ]
-        })
-        .collect();
-    StudentTokenizer::train_bpe(texts.iter(), 96).unwrap()
-}
 
 fn student(tok: &StudentTokenizer) -> Student {
     Student::from_scratch(Config::tiny(0, 32, 2, 4, 2), tok.clone(), 1, &Device::Cpu).unwrap()
@@ -82,14 +54,6 @@ fn train_log(dir: &Path) -> Vec<LogLine> {
 fn first_and_last_loss(lines: &[LogLine]) -> (f64, f64) {
     let last = lines.iter().rev().take(10).map(|l| l.loss).sum::<f64>() / 10.0;
     (lines[0].loss, last)
-}
-
-fn weights(s: &Student) -> Vec<(String, Vec<f32>)> {
-    s.params
-        .vars()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()))
-        .collect()
 }
 
 #[test]

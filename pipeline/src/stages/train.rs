@@ -15,6 +15,7 @@ use stepwise_datasets::shard::RationaleRow;
 use stepwise_datasets::{Example, Split};
 use stepwise_student::data::{Task, Variant, input_text, prompt, study_examples};
 use stepwise_student::device::{compute_dtype, pick_device};
+use stepwise_student::dist::{barrier, is_writer};
 use stepwise_student::train::{LogLine, TrainSummary, ValExample, train};
 use stepwise_student::{Config, ModelConfig, Student, StudentTokenizer, T5Config};
 
@@ -232,19 +233,7 @@ fn read_record(p: &Path) -> Option<StudentRecord> {
 }
 
 /// Trains every student of the plan (or only those of `only`), keeping the
-/// ones whose identity is unchanged and finished.
-/// Rank 0 of the training processes (the only one, without MPI): the one
-/// that writes.
-fn is_writer() -> bool {
-    stepwise_student::dist::rank_and_size().0 == 0
-}
-
-/// Waits for every training process (a no-op without MPI).
-fn barrier() {
-    stepwise_student::dist::with_world(|w| w.barrier());
-}
-
-/// The train stage. Launched by `mpirun -np R` or `srun -n R` (built with
+/// ones whose identity is unchanged and finished. Launched by `mpirun -np R` or `srun -n R` (built with
 /// `--features mpi`), every process runs it and trains each student
 /// data-parallel ([`stepwise_student::dist`]); rank 0 alone writes, and the
 /// others wait for its writes before reading a decision from disk.
@@ -287,23 +276,19 @@ pub fn run(plan: &Plan, only: Option<Variant>, digests: &mut FileDigests) -> Res
         let recorded = read_record(&dir.student_identity(*s));
         let up_to_date = dir.student_summary(*s).exists() && dir.student_final(*s).exists();
         barrier();
-        if !writer {
-            if recorded.as_ref() == Some(&record) && up_to_date {
+        match recorded {
+            Some(r) if r == record && up_to_date => {
+                tracing::info!(student = %name, "train: up to date, skipped");
                 continue;
             }
-        } else {
-            match recorded {
-                Some(r) if r == record && up_to_date => {
-                    tracing::info!(student = %name, "train: up to date, skipped");
-                    continue;
-                }
-                Some(r) if r != record => {
-                    tracing::info!(student = %name, from = %r.identity, to = %record.identity,
+            Some(r) if r != record && writer => {
+                tracing::info!(student = %name, from = %r.identity, to = %record.identity,
                     "train: the training run changed; training this student again");
-                    clear_for_retraining(&out)?;
-                }
-                _ => {}
+                clear_for_retraining(&out)?;
             }
+            _ => {}
+        }
+        if writer {
             std::fs::create_dir_all(&out)?;
             stepwise_datasets::atomic::write_bytes(&dir.student_identity(*s), &serde_json::to_vec_pretty(&record)?)?;
         }

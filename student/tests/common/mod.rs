@@ -1,5 +1,8 @@
-//! Finite-difference helpers shared by the gradient tests.
+//! Helpers shared by the student's tests: finite differences for the
+//! gradient tests, the toy task for the trainer tests ([`toy`]).
 #![allow(dead_code)]
+
+pub mod toy;
 
 use candle_core::{Device, Result, Tensor, Var};
 use rand::{RngExt, SeedableRng};
