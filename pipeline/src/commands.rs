@@ -289,6 +289,9 @@ fn write_config(plan: &Plan) -> Result<()> {
 pub fn run(config: Option<&Path>, dir: Option<&Path>) -> Result<()> {
     let started = Instant::now();
     let plan = plan_for(config, dir)?;
+    if !plan.runs_quantized_teacher() {
+        stepwise_student::device::serial_elementwise();
+    }
     let mut digests = plan.digests();
     let checked = preflight::check(&plan, &mut digests, TeacherCheck::IfTeachHasWork)?;
     write_config(&plan)?;

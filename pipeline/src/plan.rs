@@ -292,6 +292,13 @@ impl Plan {
         })
     }
 
+    /// Whether the teach stage runs a GGUF model in this process (candle's
+    /// quantized matmuls, which want its element-wise thread pool).
+    pub fn runs_quantized_teacher(&self) -> bool {
+        matches!(&self.teacher.endpoint, Endpoint::Local { gguf: Some(_), .. })
+            && self.config.teacher.backend == LocalBackend::Gguf
+    }
+
     /// The teach config with the identity of a local model file filled in.
     pub fn teach_config(&self, digests: &mut FileDigests) -> Result<TeachConfig> {
         let mut tc = self.teacher.teach.clone();

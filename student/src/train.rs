@@ -357,29 +357,39 @@ pub fn train_with(
     };
 
     let mut order = DataOrder::new(seqs.len(), cfg.seed);
+    let parallel_micro_batches = crate::device::parallel_micro_batches(
+        student.params.device(),
+        crate::dist::my_micro_batches(cfg.grad_accum, rank, size).count(),
+    );
     let started = Instant::now();
     let tokens_at_start = state.tokens_seen;
     for step in state.step + 1..=cfg.steps {
         let lr = lr_at(step, cfg.optimizer.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio);
+        let micros: Vec<usize> = crate::dist::my_micro_batches(cfg.grad_accum, rank, size).collect();
+        let batches: Vec<Vec<&Sequence>> = micros
+            .iter()
+            .map(|&m| micro_batch(&seqs, &mut order, cfg, step, m))
+            .collect();
+        let one = |(micro, batch): (usize, &Vec<&Sequence>)| micro_grads(student, batch, cfg, step, micro, dtype);
+        // A step's micro-batches are independent until their gradients are
+        // summed: on CPU they run side by side (a small model's matmuls keep
+        // two cores barely half busy when split finely). The sums are taken in
+        // micro-batch order, so the result does not depend on the threads.
+        let done: Vec<Result<MicroGrads>> = if parallel_micro_batches {
+            use rayon::prelude::*;
+            micros.par_iter().copied().zip(batches.par_iter()).map(one).collect()
+        } else {
+            micros.iter().copied().zip(batches.iter()).map(one).collect()
+        };
         let mut grads: Grads = Grads::new();
         let (mut loss_sum, mut label_sum, mut rat_sum, mut rat_n, mut tokens) = (0.0, 0.0, 0.0, 0, 0u64);
-        for micro in crate::dist::my_micro_batches(cfg.grad_accum, rank, size) {
-            let batch = micro_batch(&seqs, &mut order, cfg, step, micro);
-            tokens += batch.iter().map(|s| s.ids.len() as u64).sum::<u64>();
-            let residual = if step >= cfg.dropout_from_step {
-                cfg.dropout
-            } else {
-                0.0
-            };
-            let lora = student.adapters.as_ref().map_or(0.0, |a| a.config.dropout);
-            let mut dropout = (residual > 0.0 || lora > 0.0)
-                .then(|| Dropout::new(residual, cfg.seed ^ (step << 8) ^ micro as u64 ^ 0xD0));
-            let losses = batch_loss(student, &batch, cfg.alpha, dropout.as_mut(), dtype)?;
-            let scaled = (&losses.total / cfg.grad_accum as f64)?;
-            accumulate(&mut grads, student.trainable(), &scaled.backward()?)?;
-            loss_sum += losses.total.to_scalar::<f32>()? as f64;
-            label_sum += losses.label;
-            if let Some(r) = losses.rationale {
+        for m in done {
+            let m = m?;
+            add_grads(&mut grads, m.grads);
+            tokens += m.tokens;
+            loss_sum += m.loss;
+            label_sum += m.label;
+            if let Some(r) = m.rationale {
                 rat_sum += r;
                 rat_n += 1;
             }
@@ -485,6 +495,57 @@ pub fn train_with(
         trainable_parameters: student.trainable().num_parameters(),
     };
     Ok(summary)
+}
+
+/// One micro-batch's gradients (already divided by `grad_accum`) and losses.
+struct MicroGrads {
+    grads: Grads,
+    loss: f64,
+    label: f64,
+    rationale: Option<f64>,
+    tokens: u64,
+}
+
+/// Forward and backward of micro-batch `micro` of `step`.
+fn micro_grads(
+    student: &Student,
+    batch: &[&Sequence],
+    cfg: &TrainConfig,
+    step: u64,
+    micro: usize,
+    dtype: DType,
+) -> Result<MicroGrads> {
+    let residual = if step >= cfg.dropout_from_step {
+        cfg.dropout
+    } else {
+        0.0
+    };
+    let lora = student.adapters.as_ref().map_or(0.0, |a| a.config.dropout);
+    let mut dropout =
+        (residual > 0.0 || lora > 0.0).then(|| Dropout::new(residual, cfg.seed ^ (step << 8) ^ micro as u64 ^ 0xD0));
+    let losses = batch_loss(student, batch, cfg.alpha, dropout.as_mut(), dtype)?;
+    let scaled = (&losses.total / cfg.grad_accum as f64)?;
+    let mut grads = Grads::new();
+    accumulate(&mut grads, student.trainable(), &scaled.backward()?)?;
+    Ok(MicroGrads {
+        grads,
+        loss: losses.total.to_scalar::<f32>()? as f64,
+        label: losses.label,
+        rationale: losses.rationale,
+        tokens: batch.iter().map(|s| s.ids.len() as u64).sum(),
+    })
+}
+
+/// `acc += g`, parameter by parameter (the first micro-batch's is taken as is).
+fn add_grads(acc: &mut Grads, g: Grads) {
+    for (name, v) in g {
+        match acc.get_mut(&name) {
+            Some(a) => a.iter_mut().zip(v).for_each(|(a, b)| *a += b),
+            None => {
+                acc.insert(name, v);
+            }
+        }
+    }
 }
 
 /// Sums every rank's gradient sums, in place: one flat buffer in the

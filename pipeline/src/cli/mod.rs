@@ -232,6 +232,12 @@ pub fn main() -> std::process::ExitCode {
 
 fn dispatch() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // First, while this is the only thread. Only `run`, `teach` and `teacher`
+    // may run a quantized GGUF teacher in this process; `run` decides once
+    // its plan is known.
+    if !matches!(cli.command, Command::Run(_) | Command::Teach(_) | Command::Teacher(_)) {
+        stepwise_student::device::serial_elementwise();
+    }
     crate::commands::init_logging(cli.log_json);
     // Under mpirun/srun: the world the trainer reduces over (held to the end).
     let _world = stepwise_student::dist::init()?;
