@@ -13,13 +13,13 @@ cargo build --release -q -p stepwise-pipeline
 bin=target/release/stepwise
 # name  toml-body (\n-separated)
 points=(
-  "s300-h128|[student]\nhidden_size = 128\n[train]\nsteps = 300"
-  "s600-h128|[student]\nhidden_size = 128\n[train]\nsteps = 600"
-  "s600-h128-lr6|[student]\nhidden_size = 128\n[train]\nsteps = 600\nwarmup_steps = 40\n[train.optimizer]\nlr = 0.006"
-  "b32-s300-h128|[student]\nhidden_size = 128\n[train]\nsteps = 300\nbatch_size = 32"
-  "s800-h128-l3|[student]\nhidden_size = 128\nlayers = 3\n[train]\nsteps = 800\n[eval]\nrationale_tokens = 96"
-  "s500-h192|[student]\nhidden_size = 192\n[train]\nsteps = 500\n[eval]\nrationale_tokens = 96"
-  "s900-h96|[student]\nhidden_size = 96\n[train]\nsteps = 900\n[eval]\nrationale_tokens = 96"
+  # The sweep of 2026-12-05, after micro-batches ran side by side (batch 8 x 2
+  # micro-batches a step, the same 16 examples): every point has the 5-minute budget.
+  "old-default-s750-b16|[train]\nsteps = 750\nbatch_size = 16\ngrad_accum = 1\n[eval]\nrationale_tokens = 160"
+  "s750-b8x2|[train]\nsteps = 750"
+  "s1400-h96-lr2|[train]\nsteps = 1400\n[train.optimizer]\nlr = 0.002"
+  "s1100-h128|[student]\nhidden_size = 128\n[train]\nsteps = 1100"
+  "s1500-h128-l3|[student]\nhidden_size = 128\nlayers = 3\n[train]\nsteps = 1500"
   "default|"
 )
 dirs=()

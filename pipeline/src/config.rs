@@ -356,7 +356,7 @@ impl Default for EvalSection {
         EvalSection {
             max_examples: 0,
             answer_tokens: 8,
-            rationale_tokens: 160,
+            rationale_tokens: 96,
             batch_size: 64,
             bootstrap: 1000,
         }

@@ -68,7 +68,7 @@ fn base_variant(base: &Path) -> &'static str {
 /// The adapters' settings, as the presets have them (rank 8, alpha 16).
 fn lora(base: &Path, steps: usize) -> String {
     format!(
-        "[student]\ninit = {:?}\n[student.lora]\nrank = 8\nalpha = 16.0\n[students]\nvariants = [\"distill\", \"label-gold\"]\n[train]\nsteps = {steps}\neval_every = {steps}\nbatch_size = 16\n[train.optimizer]\nlr = 1e-2\nweight_decay = 0.0\n",
+        "[student]\ninit = {:?}\n[student.lora]\nrank = 8\nalpha = 16.0\n[students]\nvariants = [\"distill\", \"label-gold\"]\n[train]\nsteps = {steps}\neval_every = {steps}\nbatch_size = 8\n[train.optimizer]\nlr = 1e-2\nweight_decay = 0.0\n",
         base.join(format!("student/{}/final", base_variant(base)))
             .to_str()
             .unwrap()

@@ -63,9 +63,9 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            steps: 750,
-            batch_size: 16,
-            grad_accum: 1,
+            steps: 1400,
+            batch_size: 8,
+            grad_accum: 2,
             optimizer: AdamWConfig {
                 lr: 3e-3,
                 ..AdamWConfig::default()
