@@ -193,21 +193,35 @@ fn a_prompt_decodes_the_same_alone_and_in_a_padded_batch() {
         let alone = generate(&s.model, &s.tokenizer, std::slice::from_ref(p), 8, 1, DType::F32).unwrap();
         assert_eq!(&alone[0], b, "prompt {p:?}");
     }
-    // The cache path agrees with a full forward pass at every generated token.
-    let ids: Vec<u32> = tok.encode(&format!("{}{}", prompts[0], batched[0])).unwrap();
+    // The cache path agrees with a full forward pass at every generated
+    // token: each greedy token is the full pass's most likely next token.
+    use stepwise_student::generate::{Decode, decode_batch};
+    let m = s.model.llama().unwrap();
+    let prompt_ids: Vec<u32> = tok.encode(&prompts[1]).unwrap();
+    let out = decode_batch(m, tok, &[prompt_ids.as_slice()], &[Decode::greedy(8)], DType::F32).unwrap();
+    assert!(!out[0].ids.is_empty(), "the student generated nothing");
+    let ids: Vec<u32> = prompt_ids.iter().chain(&out[0].ids).copied().collect();
     let n = ids.len();
-    let full = s
-        .model
-        .llama()
-        .unwrap()
+    let full = m
         .forward_train(
             &Tensor::from_vec(ids.clone(), (1, n), &Device::Cpu).unwrap(),
             &[n],
             None,
             DType::F32,
         )
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .argmax(1)
+        .unwrap()
+        .to_vec1::<u32>()
         .unwrap();
-    assert!(full.dims3().unwrap().1 == n);
+    let p = prompt_ids.len();
+    assert_eq!(
+        &full[p - 1..n - 1],
+        &ids[p..],
+        "greedy tokens against the full pass's argmax"
+    );
 }
 
 /// A few-shot prompt's shared instructions are prefilled once for the whole
