@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use stepwise_datasets::LabelKind;
 use stepwise_student::data::{StudyExample, Task, prompt};
-use stepwise_student::generate::generate;
+use stepwise_student::generate::{Decode, decode_batch, decode_batch_with, generate};
 use stepwise_student::params::ParamStore;
 use stepwise_student::train::{LogLine, TrainConfig, ValExample, checkpoint_dir, read_log, train};
 use stepwise_student::{Config, Model, ModelConfig, Student, StudentTokenizer, T5Config};
@@ -195,7 +195,6 @@ fn a_prompt_decodes_the_same_alone_and_in_a_padded_batch() {
     }
     // The cache path agrees with a full forward pass at every generated
     // token: each greedy token is the full pass's most likely next token.
-    use stepwise_student::generate::{Decode, decode_batch};
     let m = s.model.llama().unwrap();
     let prompt_ids: Vec<u32> = tok.encode(&prompts[1]).unwrap();
     let out = decode_batch(m, tok, &[prompt_ids.as_slice()], &[Decode::greedy(8)], DType::F32).unwrap();
@@ -334,7 +333,6 @@ fn only_the_newest_checkpoints_are_kept_when_asked() {
 
 #[test]
 fn rows_that_end_or_are_dropped_leave_the_batch_without_changing_the_others() {
-    use stepwise_student::generate::{Decode, decode_batch, decode_batch_with};
     let data = toy(48, 6);
     let tok = tokenizer(&data);
     let mut s = student(&tok);
