@@ -194,15 +194,21 @@ fn a_prompt_decodes_the_same_alone_and_in_a_padded_batch() {
         assert_eq!(&alone[0], b, "prompt {p:?}");
     }
     // The cache path agrees with a full forward pass at every generated
-    // token: each greedy token is the full pass's most likely next token.
+    // token: each greedy token is the full pass's most likely next token,
+    // with the same log-probability (this student repeats one token, so
+    // only the log-probabilities tell the positions apart).
     let m = s.model.llama().unwrap();
     let prompt_ids: Vec<u32> = tok.encode(&prompts[1]).unwrap();
-    let out = decode_batch(m, tok, &[prompt_ids.as_slice()], &[Decode::greedy(8)], DType::F32).unwrap();
+    let greedy = Decode {
+        top_logprobs: Some(0),
+        ..Decode::greedy(8)
+    };
+    let out = decode_batch(m, tok, &[prompt_ids.as_slice()], &[greedy], DType::F32).unwrap();
     assert!(!out[0].ids.is_empty(), "the student generated nothing");
     let ids: Vec<u32> = prompt_ids.iter().chain(&out[0].ids).copied().collect();
-    let n = ids.len();
-    let full = m
-        .forward_train(
+    let (n, p) = (ids.len(), prompt_ids.len());
+    let full = candle_nn::ops::log_softmax(
+        &m.forward_train(
             &Tensor::from_vec(ids.clone(), (1, n), &Device::Cpu).unwrap(),
             &[n],
             None,
@@ -210,17 +216,26 @@ fn a_prompt_decodes_the_same_alone_and_in_a_padded_batch() {
         )
         .unwrap()
         .squeeze(0)
-        .unwrap()
-        .argmax(1)
-        .unwrap()
-        .to_vec1::<u32>()
-        .unwrap();
-    let p = prompt_ids.len();
+        .unwrap(),
+        1,
+    )
+    .unwrap();
+    let argmax = full.argmax(1).unwrap().to_vec1::<u32>().unwrap();
     assert_eq!(
-        &full[p - 1..n - 1],
+        &argmax[p - 1..n - 1],
         &ids[p..],
         "greedy tokens against the full pass's argmax"
     );
+    let full = full.to_vec2::<f32>().unwrap();
+    for (j, lp) in out[0].logprobs.iter().enumerate() {
+        let want = full[p - 1 + j][lp.id as usize];
+        assert!(
+            (lp.logprob - want).abs() < 1e-4,
+            "token {j}: cached {} against full {want}",
+            lp.logprob
+        );
+    }
+    assert_eq!(out[0].logprobs.len(), out[0].ids.len());
 }
 
 /// A few-shot prompt's shared instructions are prefilled once for the whole
